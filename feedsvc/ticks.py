@@ -1,0 +1,146 @@
+"""The tick and its wire frame.
+
+Wire contract (see README and schemas/tick.schema.json): one ZeroMQ frame per message, made of the
+topic, one space (0x20) and a UTF-8 JSON object encoded with orjson. The topic of a tick is its
+symbol; topics that begin with "_" are reserved for control messages.
+
+Both the server and the client import this module; it has no socket code.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any, Final
+
+import orjson
+
+TOPIC_DELIMITER: Final = b" "
+CONTROL_PREFIX: Final = "_"
+HEARTBEAT_TOPIC: Final = "_hb"
+
+REQUIRED_FIELDS: Final = ("sym", "bid", "ask", "bid_size", "ask_size")
+# Stamped by the publisher; values sent by a feed handler are overwritten.
+PUBLISHER_FIELDS: Final = ("seq", "epoch", "ts")
+MAX_SYMBOL_LENGTH: Final = 64
+
+# Rejection reasons, also the label values of the rejection counter.
+REJECT_TOO_LARGE: Final = "too_large"
+REJECT_NOT_JSON: Final = "not_json"
+REJECT_NOT_OBJECT: Final = "not_object"
+REJECT_MISSING_FIELD: Final = "missing_field"
+REJECT_BAD_SYMBOL: Final = "bad_symbol"
+REJECT_BAD_PRICE: Final = "bad_price"
+REJECT_BAD_SIZE: Final = "bad_size"
+REJECT_REASONS: Final = (
+    REJECT_TOO_LARGE,
+    REJECT_NOT_JSON,
+    REJECT_NOT_OBJECT,
+    REJECT_MISSING_FIELD,
+    REJECT_BAD_SYMBOL,
+    REJECT_BAD_PRICE,
+    REJECT_BAD_SIZE,
+)
+
+Tick = dict[str, Any]
+
+
+# Printable ASCII without the space, which delimits the topic; "_" may not lead (control topics).
+SYMBOL_PATTERN: Final = re.compile(r"[!-^`-~][!-~]{0,%d}" % (MAX_SYMBOL_LENGTH - 1))
+
+
+def symbol_problem(symbol: object) -> str | None:
+    """Say why `symbol` cannot be a tick's symbol (and so a topic), or None if it can."""
+    if not isinstance(symbol, str) or not symbol:
+        return "must be a non-empty string"
+    if symbol.startswith(CONTROL_PREFIX):
+        return 'must not begin with "_" (reserved for control topics)'
+    if SYMBOL_PATTERN.fullmatch(symbol) is None:
+        return f"must be 1 to {MAX_SYMBOL_LENGTH} printable ASCII characters without spaces"
+    return None
+
+
+def topic_prefix(symbol: str) -> bytes:
+    """The bytes a frame for `symbol` begins with, and the exact-match SUB subscription."""
+    return symbol.encode() + TOPIC_DELIMITER
+
+
+def encode_frame(topic: str, message: dict[str, Any]) -> bytes:
+    """One wire frame: topic, a space, the orjson-encoded message."""
+    return topic_prefix(topic) + orjson.dumps(message)
+
+
+def split_frame(frame: bytes) -> tuple[str, bytes]:
+    """Split a wire frame into its topic and its JSON payload (not decoded)."""
+    topic, _, payload = frame.partition(TOPIC_DELIMITER)
+    return topic.decode(), payload
+
+
+def decode_frame(frame: bytes) -> tuple[str, dict[str, Any]]:
+    """Split a wire frame and decode its JSON payload."""
+    topic, payload = split_frame(frame)
+    return topic, orjson.loads(payload)
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int subclass in Python but not a price.
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def tick_problem(candidate: object) -> str | None:
+    """Validate one ingest tick. Returns the rejection reason, or None if it is acceptable.
+
+    Mirrors schemas/ingest.schema.json; a property test keeps the two in agreement.
+    """
+    if not isinstance(candidate, dict):
+        return REJECT_NOT_OBJECT
+    for field in REQUIRED_FIELDS:
+        if field not in candidate:
+            return REJECT_MISSING_FIELD
+    if symbol_problem(candidate["sym"]) is not None:
+        return REJECT_BAD_SYMBOL
+    if not (_is_number(candidate["bid"]) and _is_number(candidate["ask"])):
+        return REJECT_BAD_PRICE
+    bid_size, ask_size = candidate["bid_size"], candidate["ask_size"]
+    if not (_is_number(bid_size) and _is_number(ask_size) and bid_size >= 0 and ask_size >= 0):
+        return REJECT_BAD_SIZE
+    return None
+
+
+class IngestDecoder:
+    """Turns ingest frames into valid ticks and counts what it rejects, by reason.
+
+    A frame holds one JSON object or a JSON array of objects (a batch). Invalid ticks in a batch
+    are rejected one by one; the valid ones in the same batch are kept.
+    """
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.rejected_by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+
+    def decode(self, frame: bytes) -> list[Tick]:
+        """Decode one ingest frame; returns the acceptable ticks in order."""
+        if len(frame) > self.max_message_bytes:
+            self.rejected_by_reason[REJECT_TOO_LARGE] += 1
+            return []
+        try:
+            decoded = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            self.rejected_by_reason[REJECT_NOT_JSON] += 1
+            return []
+        candidates: Iterable[object] = decoded if isinstance(decoded, list) else (decoded,)
+        accepted: list[Tick] = []
+        for candidate in candidates:
+            reason = tick_problem(candidate)
+            if reason is None:
+                accepted.append(candidate)  # type: ignore[arg-type]
+            else:
+                self.rejected_by_reason[reason] += 1
+        return accepted
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected_by_reason.values())
