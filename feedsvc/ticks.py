@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from typing import Any, Final
 
 import orjson
@@ -33,6 +32,7 @@ REJECT_MISSING_FIELD: Final = "missing_field"
 REJECT_BAD_SYMBOL: Final = "bad_symbol"
 REJECT_BAD_PRICE: Final = "bad_price"
 REJECT_BAD_SIZE: Final = "bad_size"
+REJECT_BAD_OPTIONAL_FIELD: Final = "bad_optional_field"
 REJECT_REASONS: Final = (
     REJECT_TOO_LARGE,
     REJECT_NOT_JSON,
@@ -41,13 +41,14 @@ REJECT_REASONS: Final = (
     REJECT_BAD_SYMBOL,
     REJECT_BAD_PRICE,
     REJECT_BAD_SIZE,
+    REJECT_BAD_OPTIONAL_FIELD,
 )
 
 Tick = dict[str, Any]
 
 
 # Printable ASCII without the space, which delimits the topic; "_" may not lead (control topics).
-SYMBOL_PATTERN: Final = re.compile(r"[!-^`-~][!-~]{0,%d}" % (MAX_SYMBOL_LENGTH - 1))
+SYMBOL_PATTERN: Final = re.compile(rf"[!-^`-~][!-~]{{0,{MAX_SYMBOL_LENGTH - 1}}}")
 
 
 def symbol_problem(symbol: object) -> str | None:
@@ -85,9 +86,31 @@ def decode_frame(frame: bytes) -> tuple[str, dict[str, Any]]:
 
 def _is_number(value: object) -> bool:
     # bool is an int subclass in Python but not a price.
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_size(value: object) -> bool:
+    return _is_number(value) and value >= 0  # type: ignore[operator]
+
+
+def _is_integer(value: object) -> bool:
+    # JSON Schema counts 1.0 as an integer; so do we, to agree with the schema.
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_string(value: object) -> bool:
+    return isinstance(value, str)
+
+
+# Optional pass-through fields with a documented type; other extra fields pass unchecked.
+_OPTIONAL_FIELD_CHECKS: Final = (
+    ("last", _is_number),
+    ("last_size", _is_size),
+    ("venue", _is_string),
+    ("ts_src", _is_integer),
+)
 
 
 def tick_problem(candidate: object) -> str | None:
@@ -104,43 +127,9 @@ def tick_problem(candidate: object) -> str | None:
         return REJECT_BAD_SYMBOL
     if not (_is_number(candidate["bid"]) and _is_number(candidate["ask"])):
         return REJECT_BAD_PRICE
-    bid_size, ask_size = candidate["bid_size"], candidate["ask_size"]
-    if not (_is_number(bid_size) and _is_number(ask_size) and bid_size >= 0 and ask_size >= 0):
+    if not (_is_size(candidate["bid_size"]) and _is_size(candidate["ask_size"])):
         return REJECT_BAD_SIZE
+    for field, is_valid in _OPTIONAL_FIELD_CHECKS:
+        if field in candidate and not is_valid(candidate[field]):
+            return REJECT_BAD_OPTIONAL_FIELD
     return None
-
-
-class IngestDecoder:
-    """Turns ingest frames into valid ticks and counts what it rejects, by reason.
-
-    A frame holds one JSON object or a JSON array of objects (a batch). Invalid ticks in a batch
-    are rejected one by one; the valid ones in the same batch are kept.
-    """
-
-    def __init__(self, max_message_bytes: int) -> None:
-        self.max_message_bytes = max_message_bytes
-        self.rejected_by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
-
-    def decode(self, frame: bytes) -> list[Tick]:
-        """Decode one ingest frame; returns the acceptable ticks in order."""
-        if len(frame) > self.max_message_bytes:
-            self.rejected_by_reason[REJECT_TOO_LARGE] += 1
-            return []
-        try:
-            decoded = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            self.rejected_by_reason[REJECT_NOT_JSON] += 1
-            return []
-        candidates: Iterable[object] = decoded if isinstance(decoded, list) else (decoded,)
-        accepted: list[Tick] = []
-        for candidate in candidates:
-            reason = tick_problem(candidate)
-            if reason is None:
-                accepted.append(candidate)  # type: ignore[arg-type]
-            else:
-                self.rejected_by_reason[reason] += 1
-        return accepted
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected_by_reason.values())

@@ -1,0 +1,257 @@
+"""One typed configuration object: defaults, config.yaml, --set overrides, validation.
+
+Every key has its default here; config.yaml at the project root documents the same keys and a unit
+test keeps the two equal. A wrong value raises ConfigError naming the key, which the CLI turns into
+one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+ENDPOINT_SCHEMES = ("ipc://", "tcp://")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading 2e4 as a number (YAML 1.2 does; PyYAML's 1.1 does not)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. str() is one line that names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+def _check_endpoint(value: str) -> str | None:
+    if not value.startswith(ENDPOINT_SCHEMES):
+        return f"endpoint {value!r} must start with ipc:// or tcp://"
+    if value in ENDPOINT_SCHEMES:
+        return f"endpoint {value!r} has no address"
+    return None
+
+
+def _check_endpoints(values: list[str]) -> str | None:
+    if not values:
+        return "must list at least one endpoint"
+    if len(set(values)) != len(values):
+        return "lists an endpoint twice"
+    return next((problem for value in values if (problem := _check_endpoint(value))), None)
+
+
+def _check_log_level(value: str) -> str | None:
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+    return None if value.upper() in levels else f"must be one of {', '.join(levels)}"
+
+
+def _setting(
+    default: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
+    """A config field with its default and constraints (kept in the field's metadata)."""
+    metadata = {"minimum": minimum, "maximum": maximum, "check": check}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    # One PUB socket bound to all of these at once.
+    endpoints: list[str] = _setting(
+        ["ipc:///tmp/feedsvc/ticks", "tcp://127.0.0.1:5556"], check=_check_endpoints
+    )
+    # Messages queued per subscriber before the PUB socket drops that subscriber's ticks.
+    sndhwm: int = _setting(10_000, minimum=0)
+    # Kernel send buffer per tcp connection, bytes; 0 = OS default (autotuned, can hold seconds).
+    sndbuf: int = _setting(262_144, minimum=0)
+    io_threads: int = _setting(1, minimum=1, maximum=64)
+    heartbeat_interval_s: float = _setting(1.0, minimum=0.01, maximum=3600)
+    # How long close waits for queued messages to leave at shutdown.
+    linger_ms: int = _setting(1_000, minimum=0, maximum=60_000)
+    # Bounds the per-symbol state a stream of made-up symbols could otherwise grow.
+    max_symbols: int = _setting(100_000, minimum=1)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # PULL socket for upstream feed handlers; empty string = no ingest socket.
+    endpoint: str = _setting(
+        "tcp://127.0.0.1:5557", check=lambda value: (value and _check_endpoint(value)) or None
+    )
+    max_message_bytes: int = _setting(1_048_576, minimum=64)
+    rcvhwm: int = _setting(100_000, minimum=0)
+    # A repeated rejection is logged at most once per interval, with the count since.
+    reject_log_interval_s: float = _setting(5.0, minimum=0.0)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    enabled: bool = _setting(True)
+    symbols: int = _setting(50, minimum=1, maximum=100_000)
+    # Ticks per second in total over all symbols; 0 = as fast as possible.
+    rate: float = _setting(1_000.0, minimum=0.0)
+    # Random seed for reproducible walks; 0 = a new walk every start.
+    seed: int = _setting(0, minimum=0)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = _setting(9108, minimum=0, maximum=65_535)
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    enabled: bool = _setting(False)
+    bootstrap: str = _setting("127.0.0.1:9092")
+    topic: str = _setting("ticks")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _setting("INFO", check=_check_log_level)
+
+
+@dataclass(frozen=True)
+class Config:
+    publisher: PublisherConfig = field(default_factory=PublisherConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def _type_problem(expected: Any, value: Any) -> str | None:
+    origin = get_origin(expected)
+    if origin is list:
+        (item_type,) = get_args(expected)
+        if not isinstance(value, list):
+            return f"must be a list, got {value!r}"
+        return next(
+            (
+                f"item {index}: {problem}"
+                for index, item in enumerate(value)
+                if (problem := _type_problem(item_type, item))
+            ),
+            None,
+        )
+    if origin in (Union, types.UnionType):
+        problems = [_type_problem(option, value) for option in get_args(expected)]
+        return None if None in problems else problems[0]
+    if expected is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"must be an integer, got {value!r}"
+    if expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"must be a number, got {value!r}"
+    if expected is str:
+        return None if isinstance(value, str) else f"must be a string, got {value!r}"
+    raise TypeError(f"unsupported config type {expected!r}")
+
+
+def _build(section_type: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Build one dataclass from a mapping, validating every value; unknown keys are errors."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {values!r}")
+    hints = get_type_hints(section_type)
+    known = {item.name: item for item in dataclasses.fields(section_type)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}", f"unknown key (known: {', '.join(known)})")
+    built: dict[str, Any] = {}
+    for name, item in known.items():
+        key = f"{prefix}{name}"
+        if name not in values:
+            continue
+        value = values[name]
+        if dataclasses.is_dataclass(hints[name]):
+            built[name] = _build(hints[name], value or {}, f"{key}.")
+            continue
+        problem = _type_problem(hints[name], value)
+        minimum, maximum = item.metadata.get("minimum"), item.metadata.get("maximum")
+        if problem is None and minimum is not None and value < minimum:
+            problem = f"must be >= {minimum}, got {value!r}"
+        if problem is None and maximum is not None and value > maximum:
+            problem = f"must be <= {maximum}, got {value!r}"
+        check = item.metadata.get("check")
+        if problem is None and check is not None:
+            problem = check(value)
+        if problem is not None:
+            raise ConfigError(key, problem)
+        built[name] = float(value) if hints[name] is float else value
+    return section_type(**built)
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """Parse one `--set section.key=value`; the value is YAML (lists, numbers, booleans)."""
+    path, equals, raw_value = assignment.partition("=")
+    if not equals or not path.strip():
+        raise ConfigError(assignment, "--set needs the form section.key=value")
+    try:
+        value = yaml.load(raw_value, Loader=_YamlLoader) if raw_value.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(path.strip(), f"value is not valid YAML: {_one_line(error)}") from None
+    return path.strip().split("."), value
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def load_config(path: Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load config.yaml (or only defaults when path is None), apply overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        naming the first wrong key.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.load(Path(path).read_text(), Loader=_YamlLoader)
+        except OSError as error:
+            raise ConfigError("--config", f"cannot read {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError("--config", f"{path} is not valid YAML: {_one_line(error)}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("--config", f"{path} must hold a mapping of sections")
+        raw = loaded or {}
+    for assignment in overrides:
+        keys, value = parse_override(assignment)
+        section = raw
+        for depth, key in enumerate(keys[:-1]):
+            nested = section.setdefault(key, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(".".join(keys[: depth + 1]), "is not a section")
+            section = nested
+        section[keys[-1]] = value
+    return _build(Config, raw, "")
+
+
+def config_as_dict(config: Config) -> dict[str, Any]:
+    """The config as plain data (for logging the effective config and comparing with YAML)."""
+    return dataclasses.asdict(config)

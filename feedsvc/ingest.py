@@ -1,0 +1,140 @@
+"""Where ticks come from: the built-in synthetic feed and the PULL ingest socket's decoder."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Final
+
+import orjson
+
+from feedsvc.ticks import REJECT_NOT_JSON, REJECT_REASONS, REJECT_TOO_LARGE, Tick, tick_problem
+
+# Table lengths are distinct primes so the combined walk does not repeat for ~10^19 ticks,
+# while each tick costs only list indexing instead of several random() calls.
+_SYMBOL_TABLE: Final = 65_521
+_STEP_TABLE: Final = 65_519
+_SIZE_TABLE: Final = 65_497
+
+
+class IngestDecoder:
+    """Turns ingest frames into valid ticks and counts what it rejects, by reason.
+
+    A frame holds one JSON object or a JSON array of objects (a batch). Invalid ticks in a batch
+    are rejected one by one; the valid ones in the same batch are kept.
+    """
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.rejected_by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+
+    def decode(self, frame: bytes) -> list[Tick]:
+        """Decode one ingest frame; returns the acceptable ticks in order."""
+        if len(frame) > self.max_message_bytes:
+            self.rejected_by_reason[REJECT_TOO_LARGE] += 1
+            return []
+        try:
+            decoded = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            self.rejected_by_reason[REJECT_NOT_JSON] += 1
+            return []
+        candidates: Iterable[object] = decoded if isinstance(decoded, list) else (decoded,)
+        accepted: list[Tick] = []
+        for candidate in candidates:
+            reason = tick_problem(candidate)
+            if reason is None:
+                accepted.append(candidate)  # type: ignore[arg-type]
+            else:
+                self.rejected_by_reason[reason] += 1
+        return accepted
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+
+def synthetic_symbols(count: int) -> list[str]:
+    """Fixed-width names (SYN0000, SYN0001, ...) so no symbol is a prefix of another."""
+    width = max(4, len(str(count - 1)))
+    return [f"SYN{index:0{width}d}" for index in range(count)]
+
+
+class SyntheticFeed:
+    """Random-walk bid/ask quotes with sizes over a fixed set of symbols.
+
+    Prices move in whole cents around a per-symbol mid; the spread is 1 to 3 cents and sizes are
+    round lots. Symbols are drawn uniformly at random.
+    """
+
+    def __init__(self, symbol_count: int, seed: int = 0) -> None:
+        rng = random.Random(seed or None)
+        self.symbols = synthetic_symbols(symbol_count)
+        self._mid_cents = [rng.randint(1_000, 50_000) for _ in self.symbols]
+        self._symbol_draws = [rng.randrange(symbol_count) for _ in range(_SYMBOL_TABLE)]
+        self._step_draws = [rng.choice((-2, -1, -1, 0, 0, 0, 1, 1, 2)) for _ in range(_STEP_TABLE)]
+        self._size_draws = [rng.randint(1, 50) * 100 for _ in range(_SIZE_TABLE)]
+        self._draw = 0
+
+    def generate(self, count: int) -> list[Tick]:
+        """The next `count` ticks, without seq/epoch/ts (the publisher stamps those)."""
+        symbols, mids = self.symbols, self._mid_cents
+        symbol_draws, step_draws, size_draws = (
+            self._symbol_draws,
+            self._step_draws,
+            self._size_draws,
+        )
+        draw = self._draw
+        ticks: list[Tick] = []
+        append = ticks.append
+        for offset in range(draw, draw + count):
+            index = symbol_draws[offset % _SYMBOL_TABLE]
+            step = step_draws[offset % _STEP_TABLE]
+            mid = mids[index] + step
+            if mid < 10:
+                mid = 10
+            mids[index] = mid
+            spread = 1 + (offset % 3)
+            append(
+                {
+                    "sym": symbols[index],
+                    "bid": (mid - spread) / 100,
+                    "ask": (mid + spread) / 100,
+                    "bid_size": size_draws[offset % _SIZE_TABLE],
+                    "ask_size": size_draws[(offset + 7) % _SIZE_TABLE],
+                }
+            )
+        self._draw = draw + count
+        return ticks
+
+
+class RatePacer:
+    """How many ticks are due now to hold `rate` ticks/s; rate 0 means as fast as possible.
+
+    Falling behind by more than `max_lag_s` forgets the excess instead of bursting to catch up.
+    """
+
+    def __init__(self, rate: float, start: float, max_batch: int = 512, max_lag_s: float = 0.1):
+        self.rate = rate
+        self.max_batch = max_batch
+        self._start = start
+        self._emitted = 0
+        self._max_lag_ticks = max(1, int(rate * max_lag_s))
+
+    def due(self, now: float) -> int:
+        """Ticks to generate now (at most max_batch); counts them as emitted."""
+        if self.rate <= 0:
+            return self.max_batch
+        owed = int((now - self._start) * self.rate) - self._emitted
+        if owed > self._max_lag_ticks:
+            self._emitted += owed - self._max_lag_ticks
+            owed = self._max_lag_ticks
+        count = max(0, min(owed, self.max_batch))
+        self._emitted += count
+        return count
+
+    def seconds_until_next(self, now: float) -> float:
+        """Seconds until at least one more tick is due (0 when already due)."""
+        if self.rate <= 0:
+            return 0.0
+        next_due_at = self._start + (self._emitted + 1) / self.rate
+        return max(0.0, next_due_at - now)

@@ -1,0 +1,90 @@
+"""The hot path: give each tick its per-symbol seq, the epoch and the publish time, and send it.
+
+One frame per tick (topic + b" " + JSON): pyzmq sends single frames several times faster than
+multipart messages. Nothing here logs, locks or raises per tick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from feedsvc.ticks import HEARTBEAT_TOPIC, Tick, encode_frame, topic_prefix
+
+
+class Publisher:
+    """Sequences, stamps and sends ticks on one PUB socket (already bound by the service).
+
+    Parameters
+    ----------
+    send:
+        The PUB socket's bound ``send`` method; called with one bytes frame per tick.
+    epoch:
+        This run's epoch, stamped on every tick.
+    max_symbols:
+        Ticks for new symbols beyond this many are refused (bounds per-symbol memory).
+    clock_ns:
+        Source of the ``ts`` stamp, ns since the Unix epoch.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[bytes], Any],
+        epoch: int,
+        max_symbols: int,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.epoch = epoch
+        self.max_symbols = max_symbols
+        self.published = 0
+        self.refused_new_symbols = 0
+        self._send = send
+        self._clock_ns = clock_ns
+        # symbol -> [topic prefix bytes, last seq]: one dict lookup per tick finds both.
+        self._state_by_symbol: dict[str, list[Any]] = {}
+
+    def publish(self, ticks: Iterable[Tick]) -> int:
+        """Stamp and send a batch of valid ticks; returns how many were sent."""
+        state_by_symbol = self._state_by_symbol
+        send, clock_ns, dumps, epoch = self._send, self._clock_ns, orjson.dumps, self.epoch
+        sent = 0
+        for tick in ticks:
+            state = state_by_symbol.get(tick["sym"])
+            if state is None:
+                state = self._add_symbol(tick["sym"])
+                if state is None:
+                    continue
+            seq = state[1] + 1
+            state[1] = seq
+            tick["seq"] = seq
+            tick["epoch"] = epoch
+            tick["ts"] = clock_ns()
+            send(state[0] + dumps(tick))
+            sent += 1
+        self.published += sent
+        return sent
+
+    def _add_symbol(self, symbol: str) -> list[Any] | None:
+        if len(self._state_by_symbol) >= self.max_symbols:
+            self.refused_new_symbols += 1
+            return None
+        state = [topic_prefix(symbol), 0]
+        self._state_by_symbol[symbol] = state
+        return state
+
+    def send_heartbeat(self, interval_s: float) -> None:
+        """Send a heartbeat on the reserved topic: clients tell a quiet market from a dead feed."""
+        heartbeat = {"epoch": self.epoch, "ts": self._clock_ns(), "interval_s": interval_s}
+        self._send(encode_frame(HEARTBEAT_TOPIC, heartbeat))
+
+    def last_seq(self, symbol: str) -> int:
+        """The last seq sent for `symbol` in this epoch (0 if none)."""
+        state = self._state_by_symbol.get(symbol)
+        return 0 if state is None else state[1]
+
+    @property
+    def symbol_count(self) -> int:
+        return len(self._state_by_symbol)

@@ -1,0 +1,103 @@
+"""Config: defaults equal config.yaml, --set overrides parse YAML, wrong values name their key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from feedsvc.config import Config, ConfigError, config_as_dict, load_config, parse_override
+from tests.conftest import PROJECT_ROOT
+
+CONFIG_YAML = PROJECT_ROOT / "config.yaml"
+
+
+def test_config_yaml_documents_every_key_with_its_default() -> None:
+    documented = yaml.safe_load(CONFIG_YAML.read_text())
+    assert documented == config_as_dict(Config())
+
+
+def test_issue_contract_keys_exist() -> None:
+    config = load_config(CONFIG_YAML)
+    assert any(e.startswith("ipc://") for e in config.publisher.endpoints)
+    assert any(e.startswith("tcp://") for e in config.publisher.endpoints)
+    assert config.ingest.endpoint
+    assert config.synthetic.enabled is True
+    assert config.synthetic.symbols > 0
+    assert config.synthetic.rate >= 0
+    assert config.metrics.port > 0
+    assert config.kafka.enabled is False
+
+
+def test_overrides_are_parsed_as_yaml() -> None:
+    config = load_config(
+        CONFIG_YAML,
+        [
+            "publisher.endpoints=[ipc:///tmp/x/ticks, tcp://127.0.0.1:7000]",
+            "synthetic.rate=0",
+            "synthetic.enabled=false",
+            "ingest.endpoint=",
+            "publisher.heartbeat_interval_s=0.25",
+        ],
+    )
+    assert config.publisher.endpoints == ["ipc:///tmp/x/ticks", "tcp://127.0.0.1:7000"]
+    assert config.synthetic.rate == 0.0
+    assert isinstance(config.synthetic.rate, float)
+    assert config.synthetic.enabled is False
+    assert config.ingest.endpoint == ""
+    assert config.publisher.heartbeat_interval_s == 0.25
+    # Untouched keys keep their defaults.
+    assert config.publisher.sndhwm == Config().publisher.sndhwm
+
+
+def test_override_wins_over_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("synthetic:\n  symbols: 7\n  rate: 10\n")
+    config = load_config(path, ["synthetic.symbols=9"])
+    assert (config.synthetic.symbols, config.synthetic.rate) == (9, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "words"),
+    [
+        ("synthetic.rate=-5", "synthetic.rate", ">= 0"),
+        ("synthetic.rate=fast", "synthetic.rate", "number"),
+        ("synthetic.symbols=1.5", "synthetic.symbols", "integer"),
+        ("synthetic.enabled=maybe", "synthetic.enabled", "true or false"),
+        ("publisher.endpoints=[]", "publisher.endpoints", "at least one"),
+        ("publisher.endpoints=[http://x]", "publisher.endpoints", "ipc:// or tcp://"),
+        ("publisher.endpoints=tcp://127.0.0.1:1", "publisher.endpoints", "list"),
+        ("publisher.io_threads=0", "publisher.io_threads", ">= 1"),
+        ("metrics.port=70000", "metrics.port", "<= 65535"),
+        ("ingest.endpoint=udp://x", "ingest.endpoint", "ipc:// or tcp://"),
+        ("log.level=LOUD", "log.level", "one of"),
+        ("synthetic.colour=red", "synthetic.colour", "unknown key"),
+        ("nosuch.key=1", "nosuch", "unknown key"),
+        ("synthetic=3", "synthetic", "mapping"),
+        ("synthetic.rate", "synthetic.rate", "section.key=value"),
+        ("synthetic.rate=[1", "synthetic.rate", "YAML"),
+    ],
+)
+def test_wrong_value_names_the_key(override: str, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, [override])
+    message = str(raised.value)
+    assert message.startswith(f"{key}: ")
+    assert words in message
+    assert "\n" not in message
+
+
+def test_bad_file_is_one_line_naming_config(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("publisher: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"^--config: ") as raised:
+        load_config(path)
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match=r"^--config: cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_parse_override_splits_key_path() -> None:
+    assert parse_override("kafka.topic=audit") == (["kafka", "topic"], "audit")
+    assert parse_override("synthetic.rate=2e4") == (["synthetic", "rate"], 2e4)
