@@ -1,0 +1,214 @@
+"""Wires the parts together: sockets, the ingest sources, the hot-path loop, start and stop.
+
+All sending happens on the thread that calls `Service.run()`: a ZeroMQ socket is not thread-safe,
+and keeping the synthetic feed, the ingest socket and heartbeats on one loop avoids any hand-off
+on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import zmq
+
+from feedsvc.config import Config
+from feedsvc.ingest import IngestDecoder, RatePacer, SyntheticFeed
+from feedsvc.logs import RateLimiter
+from feedsvc.publisher import Publisher
+
+log = logging.getLogger("feedsvc.service")
+
+# Ingest frames handled per loop pass, so the synthetic feed and heartbeats keep their pace.
+INGEST_FRAMES_PER_PASS = 1_000
+# Frames drained from the ingest socket at shutdown, at most (already-queued ticks are published).
+INGEST_FRAMES_AT_SHUTDOWN = 100_000
+# Longest sleep of the loop, so a stop request is noticed promptly.
+MAX_WAIT_S = 0.1
+STATS_INTERVAL_S = 10.0
+# Above this size a peer is disconnected by libzmq instead of being read and counted.
+INGEST_HARD_LIMIT_FACTOR = 4
+
+
+class StartupError(RuntimeError):
+    """The service cannot start (an endpoint cannot be bound). str() names the key."""
+
+
+def _prepare_ipc_path(endpoint: str) -> None:
+    # libzmq does not create the folder of an ipc path.
+    if endpoint.startswith("ipc://"):
+        Path(endpoint.removeprefix("ipc://")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _bind(socket: zmq.Socket, key: str, endpoint: str) -> None:
+    try:
+        _prepare_ipc_path(endpoint)
+        socket.bind(endpoint)
+    except (zmq.ZMQError, OSError) as error:
+        raise StartupError(f"{key}: cannot bind {endpoint}: {error}") from None
+
+
+class Service:
+    """The publisher service: owns its ZeroMQ context, sockets and counters.
+
+    Parameters
+    ----------
+    config:
+        The validated configuration.
+    epoch:
+        This run's epoch; defaults to the start time in ns since the Unix epoch, which is new
+        on every start and grows from one start to the next.
+    """
+
+    def __init__(self, config: Config, epoch: int | None = None) -> None:
+        self.config = config
+        self.epoch = epoch if epoch is not None else time.time_ns()
+        self.ingested_by_source = {"synthetic": 0, "ingest": 0}
+        self.heartbeats_sent = 0
+        self._stop_requested = False
+        self._context = zmq.Context(io_threads=config.publisher.io_threads)
+        self._pub: zmq.Socket | None = None
+        self._pull: zmq.Socket | None = None
+        self.decoder = IngestDecoder(config.ingest.max_message_bytes)
+        self.publisher: Publisher | None = None
+
+    def start(self) -> None:
+        """Create and bind every socket; raises StartupError naming the endpoint that failed."""
+        publisher_config, ingest_config = self.config.publisher, self.config.ingest
+        try:
+            pub = self._pub = self._context.socket(zmq.PUB)
+            pub.setsockopt(zmq.SNDHWM, publisher_config.sndhwm)
+            if publisher_config.sndbuf:
+                pub.setsockopt(zmq.SNDBUF, publisher_config.sndbuf)
+            pub.setsockopt(zmq.LINGER, publisher_config.linger_ms)
+            for index, endpoint in enumerate(publisher_config.endpoints):
+                _bind(pub, f"publisher.endpoints[{index}]", endpoint)
+            if ingest_config.endpoint:
+                pull = self._pull = self._context.socket(zmq.PULL)
+                pull.setsockopt(zmq.RCVHWM, ingest_config.rcvhwm)
+                pull.setsockopt(
+                    zmq.MAXMSGSIZE, ingest_config.max_message_bytes * INGEST_HARD_LIMIT_FACTOR
+                )
+                pull.setsockopt(zmq.LINGER, 0)
+                _bind(pull, "ingest.endpoint", ingest_config.endpoint)
+        except StartupError:
+            self.close()
+            raise
+        self.publisher = Publisher(pub.send, self.epoch, publisher_config.max_symbols)
+        log.info(
+            "serving epoch=%d publisher=%s ingest=%s synthetic=%s",
+            self.epoch,
+            ",".join(publisher_config.endpoints),
+            ingest_config.endpoint or "off",
+            f"{self.config.synthetic.symbols} symbols at "
+            f"{self.config.synthetic.rate or 'max'} ticks/s"
+            if self.config.synthetic.enabled
+            else "off",
+        )
+
+    def request_stop(self) -> None:
+        """Ask `run()` to finish; safe from a signal handler or another thread."""
+        self._stop_requested = True
+
+    @property
+    def rejected_by_reason(self) -> dict[str, int]:
+        refused = self.publisher.refused_new_symbols if self.publisher else 0
+        return {**self.decoder.rejected_by_reason, "too_many_symbols": refused}
+
+    def run(self) -> None:
+        """The hot-path loop: synthetic ticks, ingest frames and heartbeats until stopped."""
+        if self.publisher is None:
+            raise RuntimeError("Service.start() must be called before run()")
+        publisher, config = self.publisher, self.config
+        monotonic = time.monotonic
+        synthetic = config.synthetic
+        feed = SyntheticFeed(synthetic.symbols, synthetic.seed) if synthetic.enabled else None
+        pacer = RatePacer(synthetic.rate, monotonic()) if feed is not None else None
+        poller = zmq.Poller()
+        if self._pull is not None:
+            poller.register(self._pull, zmq.POLLIN)
+        heartbeat_interval = config.publisher.heartbeat_interval_s
+        next_heartbeat = monotonic()
+        reject_limiter = RateLimiter(config.ingest.reject_log_interval_s, monotonic)
+        rejected_logged = 0
+        stats_limiter = RateLimiter(STATS_INTERVAL_S, monotonic)
+        stats_limiter.allow()
+        published_at_last_stats, last_stats_at = 0, monotonic()
+
+        while not self._stop_requested:
+            now = monotonic()
+            if pacer is not None:
+                due = pacer.due(now)
+                if due:
+                    self.ingested_by_source["synthetic"] += publisher.publish(feed.generate(due))
+            if now >= next_heartbeat:
+                publisher.send_heartbeat(heartbeat_interval)
+                self.heartbeats_sent += 1
+                next_heartbeat = now + heartbeat_interval
+            wait_s = min(next_heartbeat - now, MAX_WAIT_S)
+            if pacer is not None:
+                wait_s = min(wait_s, pacer.seconds_until_next(now))
+            if self._pull is not None:
+                if poller.poll(math.ceil(wait_s * 1000) if wait_s > 0 else 0):
+                    self._drain_ingest(INGEST_FRAMES_PER_PASS)
+                rejected_total = self.decoder.rejected_total
+                if rejected_total != rejected_logged and reject_limiter.allow():
+                    log.warning(
+                        "rejected %d ingest ticks since last report; totals by reason: %s",
+                        rejected_total - rejected_logged,
+                        {reason: n for reason, n in self.rejected_by_reason.items() if n},
+                    )
+                    rejected_logged = rejected_total
+            elif wait_s > 0:
+                time.sleep(wait_s)
+            if stats_limiter.allow():
+                now = monotonic()
+                rate = (publisher.published - published_at_last_stats) / (now - last_stats_at)
+                log.info(
+                    "published %d ticks (%.0f/s), %d symbols, ingested %s",
+                    publisher.published,
+                    rate,
+                    publisher.symbol_count,
+                    self.ingested_by_source,
+                )
+                published_at_last_stats, last_stats_at = publisher.published, now
+        self._shutdown()
+
+    def _drain_ingest(self, max_frames: int) -> None:
+        pull, publisher, decode = self._pull, self.publisher, self.decoder.decode
+        recv = pull.recv
+        sent = 0
+        for _ in range(max_frames):
+            try:
+                frame = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            ticks = decode(frame)
+            if ticks:
+                sent += publisher.publish(ticks)
+        self.ingested_by_source["ingest"] += sent
+
+    def _shutdown(self) -> None:
+        # Stop ingest but publish what had already arrived, then let the PUB socket linger.
+        if self._pull is not None:
+            self._drain_ingest(INGEST_FRAMES_AT_SHUTDOWN)
+        self.close()
+        log.info(
+            "stopped: published %d ticks, ingested %s, rejected %s",
+            self.publisher.published if self.publisher else 0,
+            self.ingested_by_source,
+            {reason: n for reason, n in self.rejected_by_reason.items() if n},
+        )
+
+    def close(self) -> None:
+        """Close the sockets (the PUB socket waits up to publisher.linger_ms) and the context."""
+        if self._pull is not None:
+            self._pull.close(linger=0)
+            self._pull = None
+        if self._pub is not None:
+            self._pub.close()
+            self._pub = None
+        if not self._context.closed:
+            self._context.term()

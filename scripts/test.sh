@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up everything on a fresh machine and runs the whole test suite (lint included).
+# Extra arguments go to pytest, e.g. scripts/test.sh -k config
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh test
+echo "test: ruff" >&2
+ruff check .
+ruff format --check .
+echo "test: pytest" >&2
+python -m pytest "$@"
