@@ -1,0 +1,31 @@
+"""The container set-up starts with a valid config (there is no Docker engine to try it here)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+
+from feedsvc.config import load_config
+from tests.conftest import PROJECT_ROOT
+
+
+def _entrypoint() -> list[str]:
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    match = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.MULTILINE)
+    assert match, "Dockerfile has no exec-form ENTRYPOINT"
+    return json.loads(match.group(1))
+
+
+def test_container_command_line_is_a_valid_config() -> None:
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    argv = _entrypoint() + compose["services"]["feedsvc"]["command"]
+    assert argv[:2] == ["feedsvc", "serve"]
+    assignments = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+    config = load_config(PROJECT_ROOT / "config.yaml", assignments)
+    # Published ports must be bound on all interfaces inside the container.
+    assert "tcp://0.0.0.0:5556" in config.publisher.endpoints
+    assert config.ingest.endpoint == "tcp://0.0.0.0:5557"
+    published = {port.split(":")[-1] for port in compose["services"]["feedsvc"]["ports"]}
+    assert {"5556", "5557"} <= published
