@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,77 @@ def zmq_context() -> Iterator[zmq.Context]:
     context = zmq.Context()
     yield context
     context.destroy(linger=0)
+
+
+class ServeProcess:
+    """A real `feedsvc serve` process; stderr goes to a file the test can read."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log_file = log_path.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "feedsvc.cli", "serve", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log_file,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, then wait for the exit code (killed after timeout_s)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=5)
+            raise
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=5)
+        self._log_file.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Factory: serve(*--set assignments) starts `feedsvc serve`; every process is killed after."""
+    started: list[ServeProcess] = []
+
+    def start(*assignments: str, extra_args: tuple[str, ...] = ()) -> ServeProcess:
+        args = [part for assignment in assignments for part in ("--set", assignment)]
+        process = ServeProcess([*args, *extra_args], tmp_path / f"serve-{len(started)}.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+def serve_settings(publish_endpoints: list[str], *extra: str) -> list[str]:
+    """--set assignments for a test service: given endpoints, no ingest, fast heartbeats."""
+    return [
+        f"publisher.endpoints=[{', '.join(publish_endpoints)}]",
+        "ingest.endpoint=",
+        "publisher.heartbeat_interval_s=0.1",
+        *extra,
+    ]
+
+
+def wait_for_first_message(
+    subscriber: zmq.Socket, process: ServeProcess, timeout_s: float = 20.0
+) -> bytes:
+    """Block until `subscriber` gets a frame (a heartbeat at least): the service is up and the
+    subscription has propagated. Fails with the service's log if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if subscriber.poll(100):
+            return subscriber.recv()
+        if process.popen.poll() is not None:
+            pytest.fail(f"feedsvc serve exited with {process.popen.returncode}:\n{process.log}")
+    pytest.fail(f"no message from feedsvc serve within {timeout_s} s:\n{process.log}")

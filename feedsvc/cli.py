@@ -1,0 +1,77 @@
+"""The `feedsvc` command: parses arguments and calls the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from feedsvc import console
+from feedsvc.config import ConfigError, load_config
+from feedsvc.logs import setup_logging
+from feedsvc.service import Service, StartupError
+
+EXIT_BAD_CONFIG = 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, args.set)
+    except ConfigError as error:
+        print(f"feedsvc: config error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    setup_logging(config.log.level)
+    service = Service(config)
+    try:
+        service.start()
+    except StartupError as error:
+        print(f"feedsvc: start-up error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+    def stop(signum: int, _frame: object) -> None:
+        logging.getLogger("feedsvc").info("received %s, stopping", signal.Signals(signum).name)
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    service.run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feedsvc", description="Market-data fan-out publisher over ZeroMQ."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the publisher service")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML config file (default: built-in defaults, the same as config.yaml)",
+    )
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set synthetic.rate=20000 (value parsed as YAML)",
+    )
+    serve.set_defaults(handler=_serve)
+
+    subscribe = commands.add_parser("subscribe", help="receive ticks like a trading client")
+    console.add_subscribe_arguments(subscribe)
+    subscribe.set_defaults(handler=console.run_from_args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Sequence tracking and conflation of the client library, without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from feedsvc.client import (
+    Conflator,
+    Duplicate,
+    Gap,
+    Restart,
+    SequenceTracker,
+    SubscriberStats,
+)
+from feedsvc.ticks import Tick
+
+EPOCH = 1_700_000_000_000_000_000
+
+
+def make_tick(symbol: str, seq: int, epoch: int = EPOCH, **extra: Any) -> Tick:
+    return {"sym": symbol, "seq": seq, "epoch": epoch, "bid": 1.0, "ask": 1.01, **extra}
+
+
+def observe_all(tracker: SequenceTracker, ticks: list[Tick]) -> list[object]:
+    return [tracker.observe(tick) for tick in ticks]
+
+
+def test_contiguous_sequence_reports_nothing() -> None:
+    tracker = SequenceTracker()
+    events = observe_all(tracker, [make_tick("AAPL", seq) for seq in range(1, 101)])
+    assert events == [None] * 100
+    assert tracker.last_seq("AAPL") == 100
+
+
+def test_skipped_seqs_are_one_gap_with_the_exact_missed_count() -> None:
+    tracker = SequenceTracker()
+    events = observe_all(tracker, [make_tick("AAPL", seq) for seq in (1, 2, 6, 7, 9)])
+    assert events == [
+        None,
+        None,
+        Gap("AAPL", EPOCH, expected_seq=3, received_seq=6, missed=3),
+        None,
+        Gap("AAPL", EPOCH, expected_seq=8, received_seq=9, missed=1),
+    ]
+
+
+def test_first_tick_of_each_symbol_sets_its_baseline() -> None:
+    tracker = SequenceTracker()
+    ticks = [make_tick("AAPL", 500), make_tick("MSFT", 42), make_tick("AAPL", 501)]
+    assert observe_all(tracker, ticks) == [None, None, None]
+    assert tracker.epoch == EPOCH
+    assert tracker.observe(make_tick("MSFT", 44)) == Gap("MSFT", EPOCH, 43, 44, 1)
+
+
+def test_symbols_are_tracked_independently() -> None:
+    tracker = SequenceTracker()
+    ticks = [make_tick("AAPL", 1), make_tick("MSFT", 1), make_tick("MSFT", 2), make_tick("AAPL", 2)]
+    assert observe_all(tracker, ticks) == [None] * 4
+
+
+def test_epoch_change_is_a_restart_and_resets_every_baseline() -> None:
+    tracker = SequenceTracker()
+    observe_all(tracker, [make_tick("AAPL", seq) for seq in (1, 2, 3)] + [make_tick("MSFT", 9)])
+    new_epoch = EPOCH + 1
+    assert tracker.observe(make_tick("AAPL", 1, new_epoch)) == Restart(EPOCH, new_epoch)
+    assert tracker.epoch == new_epoch
+    # MSFT's old seq 9 is forgotten: its first tick of the new epoch is a baseline, not a gap.
+    assert tracker.last_seq("MSFT") is None
+    assert tracker.observe(make_tick("MSFT", 5, new_epoch)) is None
+    assert tracker.observe(make_tick("AAPL", 2, new_epoch)) is None
+
+
+def test_an_epoch_going_backwards_is_followed_too() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(make_tick("AAPL", 10))
+    assert tracker.observe(make_tick("AAPL", 1, EPOCH - 5)) == Restart(EPOCH, EPOCH - 5)
+    assert tracker.observe(make_tick("AAPL", 2, EPOCH - 5)) is None
+
+
+def test_heartbeat_epoch_reports_a_restart_before_any_tick_of_it() -> None:
+    tracker = SequenceTracker()
+    assert tracker.observe_epoch(EPOCH) is None
+    tracker.observe(make_tick("AAPL", 7))
+    assert tracker.observe_epoch(EPOCH) is None
+    assert tracker.observe_epoch(EPOCH + 1) == Restart(EPOCH, EPOCH + 1)
+    assert tracker.observe(make_tick("AAPL", 1, EPOCH + 1)) is None
+
+
+def test_duplicates_and_out_of_order_ticks_are_reported_and_do_not_move_the_sequence() -> None:
+    tracker = SequenceTracker()
+    observe_all(tracker, [make_tick("AAPL", seq) for seq in (1, 2, 3)])
+    assert tracker.observe(make_tick("AAPL", 3)) == Duplicate("AAPL", EPOCH, 3, 3)
+    assert tracker.observe(make_tick("AAPL", 1)) == Duplicate("AAPL", EPOCH, 3, 1)
+    assert tracker.last_seq("AAPL") == 3
+    assert tracker.observe(make_tick("AAPL", 4)) is None
+
+
+def test_set_baseline_gives_the_next_expected_seq() -> None:
+    tracker = SequenceTracker()
+    assert tracker.set_baseline("AAPL", EPOCH, 100) is None
+    assert tracker.observe(make_tick("AAPL", 101)) is None
+    assert tracker.observe(make_tick("AAPL", 104)) == Gap("AAPL", EPOCH, 102, 104, 2)
+    # A snapshot behind the stream moves the baseline back: what follows is then a duplicate.
+    tracker.set_baseline("AAPL", EPOCH, 104)
+    assert tracker.observe(make_tick("AAPL", 104)) == Duplicate("AAPL", EPOCH, 104, 104)
+
+
+def test_set_baseline_in_a_new_epoch_is_a_restart() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(make_tick("AAPL", 5))
+    tracker.observe(make_tick("MSFT", 5))
+    assert tracker.set_baseline("AAPL", EPOCH + 1, 20) == Restart(EPOCH, EPOCH + 1)
+    assert tracker.last_seq("MSFT") is None
+    assert tracker.observe(make_tick("AAPL", 22, EPOCH + 1)) == Gap("AAPL", EPOCH + 1, 21, 22, 1)
+
+
+@pytest.mark.parametrize(
+    "bad_tick",
+    [
+        {"sym": "AAPL", "epoch": EPOCH},
+        {"sym": "AAPL", "seq": 1},
+        {"seq": 1, "epoch": EPOCH},
+        {"sym": "AAPL", "seq": "1", "epoch": EPOCH},
+        {"sym": "AAPL", "seq": True, "epoch": EPOCH},
+        {"sym": "AAPL", "seq": 1, "epoch": "e"},
+        {"sym": 5, "seq": 1, "epoch": EPOCH},
+    ],
+)
+def test_malformed_ticks_raise_and_leave_the_state_unchanged(bad_tick: Tick) -> None:
+    tracker = SequenceTracker()
+    tracker.observe(make_tick("AAPL", 1))
+    with pytest.raises((KeyError, TypeError)):
+        tracker.observe(bad_tick)
+    assert tracker.epoch == EPOCH
+    assert tracker.observe(make_tick("AAPL", 2)) is None
+
+
+@given(st.sets(st.integers(min_value=1, max_value=300), min_size=1))
+def test_missed_total_counts_every_seq_skipped_after_the_first(delivered: set[int]) -> None:
+    # Ticks 1..N were published; a subscriber saw only `delivered`, in order.
+    tracker = SequenceTracker()
+    events = observe_all(tracker, [make_tick("AAPL", seq) for seq in sorted(delivered)])
+    gaps = [event for event in events if event is not None]
+    assert all(isinstance(gap, Gap) for gap in gaps)
+    first, last = min(delivered), max(delivered)
+    # Ticks before the first one seen are not missed: the first sets the baseline.
+    assert sum(gap.missed for gap in gaps) == last - first + 1 - len(delivered)
+    assert len(gaps) == sum(1 for seq in delivered if seq != first and seq - 1 not in delivered)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["AAPL", "MSFT", "SYN0001"]), st.integers(1, 40)),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_any_arrival_order_delivers_increasing_seqs_and_counts_the_holes(
+    arrivals: list[tuple[str, int]],
+) -> None:
+    tracker = SequenceTracker()
+    accepted_by_symbol: dict[str, list[int]] = {}
+    missed_by_symbol: dict[str, int] = {}
+    for symbol, seq in arrivals:
+        event = tracker.observe(make_tick(symbol, seq))
+        if isinstance(event, Duplicate):
+            continue
+        accepted_by_symbol.setdefault(symbol, []).append(seq)
+        if isinstance(event, Gap):
+            missed_by_symbol[symbol] = missed_by_symbol.get(symbol, 0) + event.missed
+    for symbol, accepted in accepted_by_symbol.items():
+        # Exactly the running maxima are accepted: strictly increasing, nothing newer dropped.
+        seen = [seq for arrived_symbol, seq in arrivals if arrived_symbol == symbol]
+        assert accepted == [seq for index, seq in enumerate(seen) if seq > max(seen[:index] or [0])]
+        expected_missed = accepted[-1] - accepted[0] + 1 - len(accepted)
+        assert missed_by_symbol.get(symbol, 0) == expected_missed
+
+
+def test_conflator_keeps_the_newest_tick_per_symbol_in_order_of_first_arrival() -> None:
+    conflator = Conflator()
+    for symbol, seq in [("AAPL", 1), ("MSFT", 1), ("AAPL", 2), ("IBM", 1), ("MSFT", 2)]:
+        conflator.offer(make_tick(symbol, seq))
+    assert len(conflator) == 3
+    assert conflator.conflated == 2
+    taken = [conflator.take() for _ in range(3)]
+    assert [(tick["sym"], tick["seq"]) for tick in taken] == [("AAPL", 2), ("MSFT", 2), ("IBM", 1)]
+    assert conflator.take() is None
+
+
+def test_conflator_queues_a_taken_symbol_behind_those_still_waiting() -> None:
+    conflator = Conflator()
+    conflator.offer(make_tick("AAPL", 1))
+    conflator.offer(make_tick("MSFT", 1))
+    assert conflator.take()["sym"] == "AAPL"
+    conflator.offer(make_tick("AAPL", 2))
+    assert [conflator.take()["sym"], conflator.take()["sym"]] == ["MSFT", "AAPL"]
+    assert conflator.conflated == 0
+
+
+def test_stats_summary_is_json_and_a_copy() -> None:
+    stats = SubscriberStats(received=3, gaps=1, missed=2, missed_by_symbol={"AAPL": 2})
+    summary = stats.summary()
+    assert orjson.loads(orjson.dumps(summary)) == summary
+    assert summary["received"] == 3
+    assert summary["missed_by_symbol"] == {"AAPL": 2}
+    assert {"delivered", "conflated", "restarts", "heartbeats", "heartbeat_misses"} <= set(summary)
+    assert {"duplicates", "malformed"} <= set(summary)
+    summary["missed_by_symbol"]["MSFT"] = 1
+    assert stats.missed_by_symbol == {"AAPL": 2}
