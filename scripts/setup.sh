@@ -11,6 +11,6 @@ fi
 # shellcheck disable=SC1091
 . "$PROJECT_ROOT/.venv/bin/activate"
 target="$PROJECT_ROOT"
-if [ -n "${1:-}" ]; then target="$PROJECT_ROOT[$1]"; fi
+if [ -n "${1:-}" ]; then target="${PROJECT_ROOT}[$1]"; fi
 echo "setup: installing feedsvc${1:+[$1]} into .venv" >&2
 python -m pip install --quiet --disable-pip-version-check -e "$target"
