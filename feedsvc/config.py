@@ -120,11 +120,40 @@ class MetricsConfig:
     port: int = _setting(9108, minimum=0, maximum=65_535)
 
 
+def _check_producer_settings(settings: dict[str, Any]) -> str | None:
+    return next(
+        (
+            f"{key!r} must be a string, number or boolean"
+            for key, value in settings.items()
+            if not isinstance(value, str | int | float | bool)
+        ),
+        None,
+    )
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
+    # Mirror every published tick to Kafka (key = symbol, value = the payload as broadcast).
     enabled: bool = _setting(False)
-    bootstrap: str = _setting("127.0.0.1:9092")
-    topic: str = _setting("ticks")
+    bootstrap: str = _setting("127.0.0.1:9092", check=lambda v: None if v else "must not be empty")
+    topic: str = _setting("ticks", check=lambda v: None if v else "must not be empty")
+    # Used when feedsvc creates the topic (an existing topic is left as it is).
+    partitions: int = _setting(6, minimum=1, maximum=10_000)
+    replication_factor: int = _setting(1, minimum=1, maximum=32)
+    retention_ms: int = _setting(604_800_000, minimum=-1)
+    # Ticks librdkafka holds while Kafka is slow or down (queue.buffering.max.messages).
+    max_buffered_ticks: int = _setting(2_000_000, minimum=1_000, maximum=2_147_483_647)
+    # A tick not acknowledged within this long is counted as failed (message.timeout.ms).
+    delivery_timeout_ms: int = _setting(300_000, minimum=1_000)
+    # At shutdown, how long to wait for Kafka to acknowledge everything published.
+    flush_timeout_s: float = _setting(30.0, minimum=0.0, maximum=3_600)
+    # Hand-off from the hot path to the mirror process: a batch per this many ticks or this delay.
+    handoff_batch_ticks: int = _setting(1_000, minimum=1, maximum=100_000)
+    handoff_max_delay_ms: float = _setting(5.0, minimum=0.0, maximum=10_000)
+    # Batches queued towards the mirror process before new ones are dropped (counted).
+    handoff_queue_batches: int = _setting(100, minimum=1)
+    # librdkafka producer settings passed through (security, tuning), e.g. {"linger.ms": 50}.
+    producer: dict[str, Any] = _setting({}, check=_check_producer_settings)
 
 
 @dataclass(frozen=True)
@@ -144,6 +173,10 @@ class Config:
 
 def _type_problem(expected: Any, value: Any) -> str | None:
     origin = get_origin(expected)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            return f"must be a mapping of names to values, got {value!r}"
+        return None
     if origin is list:
         (item_type,) = get_args(expected)
         if not isinstance(value, list):

@@ -28,6 +28,8 @@ class Publisher:
         Ticks for new symbols beyond this many are refused (bounds per-symbol memory).
     clock_ns:
         Source of the ``ts`` stamp, ns since the Unix epoch.
+    mirror_append:
+        Called with every frame sent (the Kafka mirror's hand-off list append), or None.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class Publisher:
         epoch: int,
         max_symbols: int,
         clock_ns: Callable[[], int] = time.time_ns,
+        mirror_append: Callable[[bytes], None] | None = None,
     ) -> None:
         self.epoch = epoch
         self.max_symbols = max_symbols
@@ -43,6 +46,7 @@ class Publisher:
         self.refused_new_symbols = 0
         self._send = send
         self._clock_ns = clock_ns
+        self._mirror_append = mirror_append
         # symbol -> [topic prefix bytes, last seq]: one dict lookup per tick finds both.
         self._state_by_symbol: dict[str, list[Any]] = {}
 
@@ -50,6 +54,7 @@ class Publisher:
         """Stamp and send a batch of valid ticks; returns how many were sent."""
         state_by_symbol = self._state_by_symbol
         send, clock_ns, dumps, epoch = self._send, self._clock_ns, orjson.dumps, self.epoch
+        mirror_append = self._mirror_append
         sent = 0
         for tick in ticks:
             state = state_by_symbol.get(tick["sym"])
@@ -62,7 +67,10 @@ class Publisher:
             tick["seq"] = seq
             tick["epoch"] = epoch
             tick["ts"] = clock_ns()
-            send(state[0] + dumps(tick))
+            frame = state[0] + dumps(tick)
+            send(frame)
+            if mirror_append is not None:
+                mirror_append(frame)
             sent += 1
         self.published += sent
         return sent

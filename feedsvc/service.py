@@ -17,6 +17,7 @@ import zmq
 from feedsvc.config import Config
 from feedsvc.ingest import IngestDecoder, RatePacer, SyntheticFeed
 from feedsvc.logs import RateLimiter
+from feedsvc.mirror import MirrorHandoff
 from feedsvc.publisher import Publisher
 
 log = logging.getLogger("feedsvc.service")
@@ -28,6 +29,7 @@ INGEST_FRAMES_AT_SHUTDOWN = 100_000
 # Longest sleep of the loop, so a stop request is noticed promptly.
 MAX_WAIT_S = 0.1
 STATS_INTERVAL_S = 10.0
+MIRROR_STATS_INTERVAL_S = 0.5
 # Above this size a peer is disconnected by libzmq instead of being read and counted.
 INGEST_HARD_LIMIT_FACTOR = 4
 
@@ -73,6 +75,7 @@ class Service:
         self._pull: zmq.Socket | None = None
         self.decoder = IngestDecoder(config.ingest.max_message_bytes)
         self.publisher: Publisher | None = None
+        self.mirror: MirrorHandoff | None = None
 
     def start(self) -> None:
         """Create and bind every socket; raises StartupError naming the endpoint that failed."""
@@ -96,12 +99,23 @@ class Service:
         except StartupError:
             self.close()
             raise
-        self.publisher = Publisher(pub.send, self.epoch, publisher_config.max_symbols)
+        if self.config.kafka.enabled:
+            self.mirror = MirrorHandoff(self._context, self.config.kafka, self.config.log.level)
+            self.mirror.start()
+        self.publisher = Publisher(
+            pub.send,
+            self.epoch,
+            publisher_config.max_symbols,
+            mirror_append=self.mirror.append if self.mirror is not None else None,
+        )
         log.info(
-            "serving epoch=%d publisher=%s ingest=%s synthetic=%s",
+            "serving epoch=%d publisher=%s ingest=%s kafka=%s synthetic=%s",
             self.epoch,
             ",".join(publisher_config.endpoints),
             ingest_config.endpoint or "off",
+            f"{self.config.kafka.bootstrap}/{self.config.kafka.topic}"
+            if self.config.kafka.enabled
+            else "off",
             f"{self.config.synthetic.symbols} symbols at "
             f"{self.config.synthetic.rate or 'max'} ticks/s"
             if self.config.synthetic.enabled
@@ -136,6 +150,8 @@ class Service:
         stats_limiter = RateLimiter(STATS_INTERVAL_S, monotonic)
         stats_limiter.allow()
         published_at_last_stats, last_stats_at = 0, monotonic()
+        mirror = self.mirror
+        mirror_stats_limiter = RateLimiter(MIRROR_STATS_INTERVAL_S, monotonic)
 
         while not self._stop_requested:
             now = monotonic()
@@ -150,6 +166,11 @@ class Service:
             wait_s = min(next_heartbeat - now, MAX_WAIT_S)
             if pacer is not None:
                 wait_s = min(wait_s, pacer.seconds_until_next(now))
+            if mirror is not None:
+                mirror.flush_if_due(now)
+                wait_s = min(wait_s, mirror.seconds_until_flush(now))
+                if mirror_stats_limiter.allow():
+                    mirror.receive_stats()
             if self._pull is not None:
                 if poller.poll(math.ceil(wait_s * 1000) if wait_s > 0 else 0):
                     self._drain_ingest(INGEST_FRAMES_PER_PASS)
@@ -178,6 +199,7 @@ class Service:
 
     def _drain_ingest(self, max_frames: int) -> None:
         pull, publisher, decode = self._pull, self.publisher, self.decoder.decode
+        mirror, monotonic = self.mirror, time.monotonic
         recv = pull.recv
         sent = 0
         for _ in range(max_frames):
@@ -188,12 +210,16 @@ class Service:
             ticks = decode(frame)
             if ticks:
                 sent += publisher.publish(ticks)
+                if mirror is not None:
+                    mirror.flush_if_due(monotonic())
         self.ingested_by_source["ingest"] += sent
 
     def _shutdown(self) -> None:
         # Stop ingest but publish what had already arrived, then let the PUB socket linger.
         if self._pull is not None:
             self._drain_ingest(INGEST_FRAMES_AT_SHUTDOWN)
+        if self.mirror is not None:
+            self._close_mirror()
         self.close()
         log.info(
             "stopped: published %d ticks, ingested %s, rejected %s",
@@ -202,8 +228,27 @@ class Service:
             {reason: n for reason, n in self.rejected_by_reason.items() if n},
         )
 
+    def _close_mirror(self) -> None:
+        stats = self.mirror.close(self.config.kafka.flush_timeout_s)
+        published = self.publisher.published if self.publisher else 0
+        summary = f"mirror: {stats.delivered} of {published} published ticks acknowledged by Kafka"
+        if stats.undelivered:
+            log.error(
+                "%s; %d NOT delivered (%d dropped at the hand-off, %d failed, %d unacknowledged "
+                "at the flush timeout)",
+                summary,
+                stats.undelivered,
+                stats.dropped,
+                stats.failed,
+                stats.queued,
+            )
+        else:
+            log.info("%s; all delivered", summary)
+
     def close(self) -> None:
         """Close the sockets (the PUB socket waits up to publisher.linger_ms) and the context."""
+        if self.mirror is not None:
+            self.mirror.close(timeout_s=0.0)  # no-op after the shutdown's own close
         if self._pull is not None:
             self._pull.close(linger=0)
             self._pull = None

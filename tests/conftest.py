@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -123,3 +124,53 @@ def wait_for_first_message(
         if process.popen.poll() is not None:
             pytest.fail(f"feedsvc serve exited with {process.popen.returncode}:\n{process.log}")
     pytest.fail(f"no message from feedsvc serve within {timeout_s} s:\n{process.log}")
+
+
+KAFKA_SCRIPT = PROJECT_ROOT / "scripts" / "kafka.sh"
+
+
+class KafkaBroker:
+    """A real Apache Kafka broker started by scripts/kafka.sh for this test session."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_tcp_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(free_tcp_port()),
+            "KAFKA_DATA_DIR": str(data_dir),
+        }
+
+    def run(self, command: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(KAFKA_SCRIPT), command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def start(self) -> None:
+        result = self.run("start")
+        if result.returncode != 0:
+            # No skipping: a missing broker is a failed run, with the script's reason.
+            pytest.fail(
+                f"Kafka broker did not start (scripts/kafka.sh start exit {result.returncode}):\n"
+                f"{result.stderr}{result.stdout}",
+                pytrace=False,
+            )
+
+    def stop(self) -> None:
+        self.run("stop", timeout_s=120.0)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One real broker per test session, on free loopback ports, data in a temporary folder."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    yield broker
+    broker.stop()
