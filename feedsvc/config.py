@@ -134,7 +134,7 @@ def _check_producer_settings(settings: dict[str, Any]) -> str | None:
 @dataclass(frozen=True)
 class KafkaConfig:
     # Mirror every published tick to Kafka (key = symbol, value = the payload as broadcast).
-    enabled: bool = _setting(False)
+    enabled: bool = _setting(True)
     bootstrap: str = _setting("127.0.0.1:9092", check=lambda v: None if v else "must not be empty")
     topic: str = _setting("ticks", check=lambda v: None if v else "must not be empty")
     # Used when feedsvc creates the topic (an existing topic is left as it is).

@@ -53,8 +53,9 @@ PRODUCER_DEFAULTS: Final[dict[str, Any]] = {
     "compression.type": "lz4",
     # The topic is created by feedsvc with its partitions and retention, never by accident.
     "allow.auto.create.topics": False,
-    # Successful deliveries are counted from the queue length, which saves a callback per tick.
-    "delivery.report.only.error": True,
+    # Every delivery is reported: a tick counts as mirrored only once Kafka acknowledged it.
+    # (len(producer) would be cheaper but also counts protocol requests, so it is not exact.)
+    "delivery.report.only.error": False,
     # Connection failures reach error_cb, which logs them rate-limited; not librdkafka's stderr.
     "log_level": 2,
 }
@@ -232,6 +233,7 @@ class _MirrorProducer:
 
         self.config = config
         self.produced = 0
+        self.delivered = 0
         self.failed = 0
         self.broker_up = False
         self._warnings = RateLimiter(WARNING_INTERVAL_S, time.monotonic)
@@ -267,19 +269,17 @@ class _MirrorProducer:
             log.warning("Kafka error: %s", error.str())
 
     def _on_delivery(self, error: Any, _message: Any) -> None:
-        # Called for failures only (delivery.report.only.error).
-        if error is not None:
+        if error is None:
+            self.delivered += 1
+        else:
             self.failed += 1
             if self._warnings.allow():
                 log.warning("Kafka delivery failed: %s (%d so far)", error.str(), self.failed)
 
     @property
     def queued(self) -> int:
-        return len(self._producer)
-
-    @property
-    def delivered(self) -> int:
-        return self.produced - self.failed - len(self._producer)
+        """Ticks produced but neither acknowledged nor failed yet."""
+        return self.produced - self.delivered - self.failed
 
     def ensure_topic(self, now: float) -> None:
         """Create kafka.topic with its partitions and retention once the broker answers.

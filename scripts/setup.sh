@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (once) and installs feedsvc into it; sourced by run.sh and test.sh.
-# Usage: . scripts/setup.sh [extras]   e.g. ". scripts/setup.sh test"
+# Creates .venv (once) and installs feedsvc into it; run by run.sh and test.sh.
+# Usage: scripts/setup.sh [extras]   e.g. "scripts/setup.sh test"
 set -euo pipefail
 PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"

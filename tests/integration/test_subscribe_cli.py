@@ -84,6 +84,8 @@ def serve_endpoints() -> Iterator[dict[str, str]]:
             "--set",
             "metrics.port=0",
             "--set",
+            "kafka.enabled=false",
+            "--set",
             f"synthetic.rate={TICKS_PER_S}",
             "--set",
             f"synthetic.symbols={SYMBOL_COUNT}",

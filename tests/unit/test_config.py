@@ -27,7 +27,8 @@ def test_issue_contract_keys_exist() -> None:
     assert config.synthetic.symbols > 0
     assert config.synthetic.rate >= 0
     assert config.metrics.port > 0
-    assert config.kafka.enabled is False
+    assert config.kafka.enabled is True
+    assert config.kafka.topic == "ticks"
 
 
 def test_overrides_are_parsed_as_yaml() -> None:

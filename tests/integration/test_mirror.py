@@ -1,0 +1,228 @@
+"""The Kafka mirror inside `feedsvc serve`, against a real Apache Kafka broker."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import zmq
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from tests.conftest import (
+    KafkaBroker,
+    ServeProcess,
+    free_tcp_port,
+    wait_for_first_message,
+)
+
+Serve = Callable[..., ServeProcess]
+
+
+def mirror_settings(endpoint: str, bootstrap: str, topic: str, *extra: str) -> list[str]:
+    return [
+        f"publisher.endpoints=[{endpoint}]",
+        "ingest.endpoint=",
+        "publisher.heartbeat_interval_s=0.1",
+        "kafka.enabled=true",
+        f"kafka.bootstrap={bootstrap}",
+        f"kafka.topic={topic}",
+        "kafka.partitions=3",
+        *extra,
+    ]
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) in the topic, up to the high watermarks seen now."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"t-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        wanted = sum(ends.values())
+        messages: list[tuple[bytes, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(messages) < wanted and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, timeout=0.5):
+                if message.error() is None and message.offset() < ends[message.partition()]:
+                    messages.append((message.key(), message.value()))
+        assert len(messages) == wanted, f"read {len(messages)} of {wanted} messages"
+        return messages
+    finally:
+        consumer.close()
+
+
+def topic_partition_count(bootstrap: str, topic: str) -> int:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+
+def assert_contiguous_from_one(payloads: list[bytes]) -> dict[str, int]:
+    """Per symbol the seqs are exactly 1..N (nothing lost, nothing twice); returns N per symbol."""
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for payload in payloads:
+        tick = orjson.loads(payload)
+        seqs[tick["sym"]].append(tick["seq"])
+    for symbol, seen in seqs.items():
+        assert sorted(seen) == list(range(1, len(seen) + 1)), f"{symbol}: gaps or duplicates"
+    return {symbol: len(seen) for symbol, seen in seqs.items()}
+
+
+def published_count(log: str) -> int:
+    match = re.search(r"stopped: published (\d+) ticks", log)
+    assert match, log
+    return int(match.group(1))
+
+
+def test_every_published_tick_is_in_kafka_byte_for_byte(
+    serve: Serve, kafka_broker: KafkaBroker, ipc_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    topic = f"ticks-{uuid.uuid4().hex[:8]}"
+    process = serve(
+        *mirror_settings(ipc_endpoint, kafka_broker.bootstrap, topic),
+        "synthetic.rate=5000",
+        "synthetic.symbols=10",
+    )
+    subscriber = zmq_context.socket(zmq.SUB)
+    subscriber.setsockopt(zmq.RCVHWM, 0)
+    subscriber.setsockopt(zmq.SUBSCRIBE, b"")
+    subscriber.connect(ipc_endpoint)
+    wait_for_first_message(subscriber, process)
+    broadcast: list[bytes] = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        if subscriber.poll(100):
+            broadcast.append(subscriber.recv())
+    assert process.terminate() == 0
+    while subscriber.poll(500):
+        broadcast.append(subscriber.recv())
+
+    published = published_count(process.log)
+    assert f"mirror: {published} of {published} published ticks acknowledged" in process.log
+    stored = read_topic(kafka_broker.bootstrap, topic)
+    assert len(stored) == published
+    assert_contiguous_from_one([value for _, value in stored])
+    assert all(orjson.loads(value)["sym"] == key.decode() for key, value in stored)
+    # What subscribers received is in Kafka exactly as broadcast (topic prefix aside).
+    stored_frames = {key + b" " + value for key, value in stored}
+    ticks_broadcast = [frame for frame in broadcast if not frame.startswith(b"_")]
+    assert len(ticks_broadcast) > 5000
+    assert all(frame in stored_frames for frame in ticks_broadcast)
+    assert topic_partition_count(kafka_broker.bootstrap, topic) == 3
+
+
+def test_broker_late_then_down_then_back_loses_nothing(
+    serve: Serve, ipc_endpoint: str, zmq_context: zmq.Context, tmp_path: Path
+) -> None:
+    """Kafka unreachable at start-up, then up, then down for a while, then up again: the
+    service publishes throughout and every tick ends up in Kafka once."""
+    broker = KafkaBroker(tmp_path / "late-broker")
+    topic = "ticks"
+    process = serve(
+        *mirror_settings(ipc_endpoint, broker.bootstrap, topic),
+        "synthetic.rate=2000",
+        "synthetic.symbols=5",
+        "kafka.flush_timeout_s=60",
+    )
+    try:
+        subscriber = zmq_context.socket(zmq.SUB)
+        subscriber.setsockopt(zmq.SUBSCRIBE, b"SYN0000 ")
+        subscriber.setsockopt(zmq.SUBSCRIBE, b"_hb ")
+        subscriber.connect(ipc_endpoint)
+        wait_for_first_message(subscriber, process)
+        time.sleep(2.0)
+        assert "unreachable" in process.log, process.log
+        # Subscribers are served while Kafka is away.
+        deadline = time.monotonic() + 5
+        got_tick = False
+        while not got_tick and time.monotonic() < deadline:
+            got_tick = subscriber.poll(100) and subscriber.recv().startswith(b"SYN0000 ")
+        assert got_tick
+        broker.start()
+        deadline = time.monotonic() + 60
+        while "reachable; mirroring" not in process.log and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "reachable; mirroring" in process.log, process.log
+        broker.stop()
+        time.sleep(4.0)
+        broker.start()
+        time.sleep(2.0)
+        assert process.terminate(timeout_s=90) == 0
+        published = published_count(process.log)
+        assert f"mirror: {published} of {published} published ticks acknowledged" in process.log
+        stored = read_topic(broker.bootstrap, topic)
+        assert len(stored) == published
+        assert_contiguous_from_one([value for _, value in stored])
+    finally:
+        process.close()
+        broker.stop()
+
+
+def test_shutdown_with_kafka_down_reports_what_was_not_delivered(
+    serve: Serve, ipc_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    unreachable = f"127.0.0.1:{free_tcp_port()}"
+    process = serve(
+        *mirror_settings(ipc_endpoint, unreachable, "ticks"),
+        "synthetic.rate=1000",
+        "kafka.flush_timeout_s=1",
+    )
+    subscriber = zmq_context.socket(zmq.SUB)
+    subscriber.setsockopt(zmq.SUBSCRIBE, b"")
+    subscriber.connect(ipc_endpoint)
+    wait_for_first_message(subscriber, process)
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert process.terminate(timeout_s=30) == 0
+    assert time.monotonic() - started < 15, "the flush timeout was not honoured"
+    published = published_count(process.log)
+    assert published > 0
+    assert f"mirror: 0 of {published} published ticks acknowledged" in process.log
+    assert f"{published} NOT delivered" in process.log
+
+
+def test_bounded_buffer_drops_are_counted_and_never_stall_publishing(
+    serve: Serve, ipc_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    unreachable = f"127.0.0.1:{free_tcp_port()}"
+    process = serve(
+        *mirror_settings(ipc_endpoint, unreachable, "ticks"),
+        "synthetic.rate=20000",
+        "synthetic.symbols=5",
+        "kafka.max_buffered_ticks=1000",
+        "kafka.handoff_batch_ticks=100",
+        "kafka.handoff_queue_batches=2",
+        "kafka.flush_timeout_s=0",
+    )
+    subscriber = zmq_context.socket(zmq.SUB)
+    subscriber.setsockopt(zmq.RCVHWM, 0)
+    subscriber.setsockopt(zmq.SUBSCRIBE, b"")
+    subscriber.connect(ipc_endpoint)
+    wait_for_first_message(subscriber, process)
+    received = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        if subscriber.poll(100):
+            received += not subscriber.recv().startswith(b"_")
+    # The publisher kept its pace although Kafka is gone and the buffers are full.
+    assert received > 0.7 * 20_000 * 3.0
+    assert process.terminate(timeout_s=30) == 0
+    match = re.search(r"(\d+) NOT delivered \((\d+) dropped at the hand-off", process.log)
+    assert match, process.log
+    not_delivered, dropped = int(match.group(1)), int(match.group(2))
+    assert not_delivered == published_count(process.log)
+    assert dropped > 0
