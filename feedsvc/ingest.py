@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 import orjson
@@ -15,6 +16,7 @@ from feedsvc.ticks import REJECT_NOT_JSON, REJECT_REASONS, REJECT_TOO_LARGE, Tic
 _SYMBOL_TABLE: Final = 65_521
 _STEP_TABLE: Final = 65_519
 _SIZE_TABLE: Final = 65_497
+_SPREADS_CENTS: Final = (1, 2, 3)
 
 
 class IngestDecoder:
@@ -77,34 +79,48 @@ class SyntheticFeed:
 
     def generate(self, count: int) -> list[Tick]:
         """The next `count` ticks, without seq/epoch/ts (the publisher stamps those)."""
-        symbols, mids = self.symbols, self._mid_cents
-        symbol_draws, step_draws, size_draws = (
-            self._symbol_draws,
-            self._step_draws,
-            self._size_draws,
-        )
         draw = self._draw
+        symbols, mids = self.symbols, self._mid_cents
         ticks: list[Tick] = []
         append = ticks.append
-        for offset in range(draw, draw + count):
-            index = symbol_draws[offset % _SYMBOL_TABLE]
-            step = step_draws[offset % _STEP_TABLE]
+        # zip over table slices: no per-tick index arithmetic (this runs at full publish rate).
+        for index, step, bid_size, ask_size, spread in zip(
+            _wrapped_slice(self._symbol_draws, draw, count),
+            _wrapped_slice(self._step_draws, draw, count),
+            _wrapped_slice(self._size_draws, draw, count),
+            _wrapped_slice(self._size_draws, draw + 7, count),
+            _spreads(draw, count),
+            strict=True,
+        ):
             mid = mids[index] + step
             if mid < 10:
                 mid = 10
             mids[index] = mid
-            spread = 1 + (offset % 3)
             append(
                 {
                     "sym": symbols[index],
                     "bid": (mid - spread) / 100,
                     "ask": (mid + spread) / 100,
-                    "bid_size": size_draws[offset % _SIZE_TABLE],
-                    "ask_size": size_draws[(offset + 7) % _SIZE_TABLE],
+                    "bid_size": bid_size,
+                    "ask_size": ask_size,
                 }
             )
         self._draw = draw + count
         return ticks
+
+
+def _spreads(start: int, count: int) -> Iterator[int]:
+    first = start % len(_SPREADS_CENTS)
+    return itertools.islice(itertools.cycle(_SPREADS_CENTS), first, first + count)
+
+
+def _wrapped_slice(table: list[int], start: int, count: int) -> list[int]:
+    """`count` items of `table` from `start`, wrapping around (count <= len(table))."""
+    start %= len(table)
+    end = start + count
+    if end <= len(table):
+        return table[start:end]
+    return table[start:] + table[: end - len(table)]
 
 
 class RatePacer:
