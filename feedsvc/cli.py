@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from feedsvc import console
+from feedsvc import console, replay
 from feedsvc.config import ConfigError, load_config
 from feedsvc.logs import setup_logging
 from feedsvc.service import Service, StartupError
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe = commands.add_parser("subscribe", help="receive ticks like a trading client")
     console.add_subscribe_arguments(subscribe)
     subscribe.set_defaults(handler=console.run_from_args)
+
+    replay_parser = commands.add_parser(
+        "replay", help="read ticks back from the Kafka mirror; --verify audits their sequence"
+    )
+    replay.add_replay_arguments(replay_parser)
+    replay_parser.set_defaults(handler=replay.run_from_args)
     return parser
 
 
