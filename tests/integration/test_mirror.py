@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -226,3 +228,45 @@ def test_bounded_buffer_drops_are_counted_and_never_stall_publishing(
     not_delivered, dropped = int(match.group(1)), int(match.group(2))
     assert not_delivered == published_count(process.log)
     assert dropped > 0
+
+
+def test_replay_verify_audits_what_the_service_mirrored(
+    serve: Serve, kafka_broker: KafkaBroker, ipc_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    topic = f"audit-{uuid.uuid4().hex[:8]}"
+    process = serve(
+        *mirror_settings(ipc_endpoint, kafka_broker.bootstrap, topic),
+        "synthetic.rate=5000",
+        "synthetic.symbols=20",
+    )
+    subscriber = zmq_context.socket(zmq.SUB)
+    subscriber.setsockopt(zmq.SUBSCRIBE, b"_hb ")
+    subscriber.connect(ipc_endpoint)
+    wait_for_first_message(subscriber, process)
+    time.sleep(2.0)
+    assert process.terminate() == 0
+    published = published_count(process.log)
+
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "feedsvc.cli",
+            "replay",
+            "--bootstrap",
+            kafka_broker.bootstrap,
+            "--topic",
+            topic,
+            "--verify",
+            "--out",
+            "/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stderr
+    summary = orjson.loads(replay.stderr.strip().splitlines()[-1])
+    assert (summary["ticks"], summary["gaps"], summary["duplicates"]) == (published, 0, 0)
+    assert summary["symbols"] == 20
