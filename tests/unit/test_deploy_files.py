@@ -29,3 +29,18 @@ def test_container_command_line_is_a_valid_config() -> None:
     assert config.ingest.endpoint == "tcp://0.0.0.0:5557"
     published = {port.split(":")[-1] for port in compose["services"]["feedsvc"]["ports"]}
     assert {"5556", "5557"} <= published
+
+
+def test_compose_mirrors_to_its_own_kafka_broker() -> None:
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:4.")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    argv = compose["services"]["feedsvc"]["command"]
+    assignments = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+    config = load_config(PROJECT_ROOT / "config.yaml", assignments)
+    assert config.kafka.enabled
+    # feedsvc must use the listener advertised to containers.
+    host_port = config.kafka.bootstrap
+    assert f"INTERNAL://{host_port}" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert compose["services"]["feedsvc"]["depends_on"]["kafka"]["condition"] == "service_healthy"
