@@ -7,7 +7,7 @@ multipart messages. Nothing here logs, locks or raises per tick.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -50,20 +50,20 @@ class Publisher:
         # symbol -> [topic prefix bytes, last seq]: one dict lookup per tick finds both.
         self._state_by_symbol: dict[str, list[Any]] = {}
 
-    def publish(self, ticks: Iterable[Tick]) -> int:
+    def publish(self, ticks: Sequence[Tick]) -> int:
         """Stamp and send a batch of valid ticks; returns how many were sent."""
-        state_by_symbol = self._state_by_symbol
+        get_state = self._state_by_symbol.get
         send, clock_ns, dumps, epoch = self._send, self._clock_ns, orjson.dumps, self.epoch
         mirror_append = self._mirror_append
-        sent = 0
+        refused = 0
         for tick in ticks:
-            state = state_by_symbol.get(tick["sym"])
+            state = get_state(tick["sym"])
             if state is None:
                 state = self._add_symbol(tick["sym"])
                 if state is None:
+                    refused += 1
                     continue
-            seq = state[1] + 1
-            state[1] = seq
+            state[1] = seq = state[1] + 1
             tick["seq"] = seq
             tick["epoch"] = epoch
             tick["ts"] = clock_ns()
@@ -71,7 +71,7 @@ class Publisher:
             send(frame)
             if mirror_append is not None:
                 mirror_append(frame)
-            sent += 1
+        sent = len(ticks) - refused
         self.published += sent
         return sent
 

