@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"feedsvc: config error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     setup_logging(config.log.level)
-    service = Service(config)
+    service = Service(config, wait_subscribers=args.wait_subscribers)
     try:
         service.start()
     except StartupError as error:
@@ -38,6 +38,16 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     service.run()
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override one key, e.g. --set synthetic.rate=20000 (value parsed as YAML)",
+    )
+    serve.add_argument(
+        "--wait-subscribers",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="hold ticks until N clients completed the sync handshake (each then gets seq 1 "
+        "of every symbol it subscribed to)",
     )
     serve.set_defaults(handler=_serve)
 

@@ -106,6 +106,17 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    # REP socket for the slow-joiner handshake (snapshot + marker); empty string = off.
+    endpoint: str = _setting(
+        "tcp://127.0.0.1:5558", check=lambda value: (value and _check_endpoint(value)) or None
+    )
+    # Bounds the work per request and the reply size.
+    max_symbols_per_request: int = _setting(10_000, minimum=1, maximum=1_000_000)
+    max_request_bytes: int = _setting(1_048_576, minimum=256)
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     enabled: bool = _setting(True)
     symbols: int = _setting(50, minimum=1, maximum=100_000)
@@ -165,6 +176,7 @@ class LogConfig:
 class Config:
     publisher: PublisherConfig = field(default_factory=PublisherConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)

@@ -7,7 +7,7 @@ multipart messages. Nothing here logs, locks or raises per tick.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -47,7 +47,8 @@ class Publisher:
         self._send = send
         self._clock_ns = clock_ns
         self._mirror_append = mirror_append
-        # symbol -> [topic prefix bytes, last seq]: one dict lookup per tick finds both.
+        # symbol -> [topic prefix, last seq, last frame]: one dict lookup per tick finds all; the
+        # last frame is the last-value cache the sync handshake's snapshots come from.
         self._state_by_symbol: dict[str, list[Any]] = {}
 
     def publish(self, ticks: Sequence[Tick]) -> int:
@@ -67,7 +68,7 @@ class Publisher:
             tick["seq"] = seq
             tick["epoch"] = epoch
             tick["ts"] = clock_ns()
-            frame = state[0] + dumps(tick)
+            state[2] = frame = state[0] + dumps(tick)
             send(frame)
             if mirror_append is not None:
                 mirror_append(frame)
@@ -79,7 +80,7 @@ class Publisher:
         if len(self._state_by_symbol) >= self.max_symbols:
             self.refused_new_symbols += 1
             return None
-        state = [topic_prefix(symbol), 0]
+        state = [topic_prefix(symbol), 0, None]
         self._state_by_symbol[symbol] = state
         return state
 
@@ -92,6 +93,24 @@ class Publisher:
         """The last seq sent for `symbol` in this epoch (0 if none)."""
         state = self._state_by_symbol.get(symbol)
         return 0 if state is None else state[1]
+
+    def send_control(self, frame: bytes) -> None:
+        """Send a control frame (a reserved "_" topic) on the PUB socket, in line with ticks."""
+        self._send(frame)
+
+    def last_values(self, symbols: Iterable[str] | None) -> dict[str, tuple[int, bytes | None]]:
+        """Per symbol (None = every symbol seen) the last seq and last payload as broadcast;
+        (0, None) for a symbol not seen in this epoch."""
+        state_by_symbol = self._state_by_symbol
+        wanted = state_by_symbol.keys() if symbols is None else symbols
+        values: dict[str, tuple[int, bytes | None]] = {}
+        for symbol in wanted:
+            state = state_by_symbol.get(symbol)
+            if state is None:
+                values[symbol] = (0, None)
+            else:
+                values[symbol] = (state[1], state[2][len(state[0]) :])
+        return values
 
     @property
     def symbol_count(self) -> int:

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import zmq
 import zmq.backend
+from zmq.utils.monitor import recv_monitor_message
 
 from feedsvc.config import Config
 from feedsvc.ingest import IngestDecoder, RatePacer, SyntheticFeed
 from feedsvc.logs import RateLimiter
 from feedsvc.mirror import MirrorHandoff
 from feedsvc.publisher import Publisher
+from feedsvc.sync import SyncHandler
 
 log = logging.getLogger("feedsvc.service")
 
@@ -31,6 +33,22 @@ INGEST_FRAMES_AT_SHUTDOWN = 100_000
 MAX_WAIT_S = 0.1
 STATS_INTERVAL_S = 10.0
 MIRROR_STATS_INTERVAL_S = 0.5
+# Sync requests answered per loop pass at most, so a flood of them cannot starve the feed.
+SYNC_REQUESTS_PER_PASS = 100
+# Requests above this many times sync.max_request_bytes disconnect the peer (ZMQ_MAXMSGSIZE).
+SYNC_HARD_LIMIT_FACTOR = 4
+_MONITORED_EVENTS = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 # Above this size a peer is disconnected by libzmq instead of being read and counted.
 INGEST_HARD_LIMIT_FACTOR = 4
 
@@ -65,15 +83,23 @@ class Service:
         on every start and grows from one start to the next.
     """
 
-    def __init__(self, config: Config, epoch: int | None = None) -> None:
+    def __init__(self, config: Config, epoch: int | None = None, wait_subscribers: int = 0) -> None:
         self.config = config
         self.epoch = epoch if epoch is not None else time.time_ns()
+        self.wait_subscribers = wait_subscribers
         self.ingested_by_source = {"synthetic": 0, "ingest": 0}
         self.heartbeats_sent = 0
+        # From the PUB socket's monitor: connections (subscribers) now, handshake failures so far.
+        self.subscribers_connected = 0
+        self.subscriber_handshake_failures = 0
+        self.sync_seconds_total = 0.0
         self._stop_requested = False
         self._context = zmq.Context(io_threads=config.publisher.io_threads)
         self._pub: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
+        self._rep: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self.sync: SyncHandler | None = None
         self.decoder = IngestDecoder(config.ingest.max_message_bytes)
         self.publisher: Publisher | None = None
         self.mirror: MirrorHandoff | None = None
@@ -97,6 +123,15 @@ class Service:
                 )
                 pull.setsockopt(zmq.LINGER, 0)
                 _bind(pull, "ingest.endpoint", ingest_config.endpoint)
+            sync_config = self.config.sync
+            if sync_config.endpoint:
+                rep = self._rep = self._context.socket(zmq.REP)
+                rep.setsockopt(
+                    zmq.MAXMSGSIZE, sync_config.max_request_bytes * SYNC_HARD_LIMIT_FACTOR
+                )
+                rep.setsockopt(zmq.LINGER, 0)
+                _bind(rep, "sync.endpoint", sync_config.endpoint)
+            self._monitor = pub.get_monitor_socket(_MONITORED_EVENTS)
         except StartupError:
             self.close()
             raise
@@ -111,11 +146,18 @@ class Service:
             publisher_config.max_symbols,
             mirror_append=self.mirror.append if self.mirror is not None else None,
         )
+        self.sync = SyncHandler(
+            self.publisher.last_values,
+            self.epoch,
+            self.config.sync.max_symbols_per_request,
+            self.config.sync.max_request_bytes,
+        )
         log.info(
-            "serving epoch=%d publisher=%s ingest=%s kafka=%s synthetic=%s",
+            "serving epoch=%d publisher=%s ingest=%s sync=%s kafka=%s synthetic=%s",
             self.epoch,
             ",".join(publisher_config.endpoints),
             ingest_config.endpoint or "off",
+            self.config.sync.endpoint or "off",
             f"{self.config.kafka.bootstrap}/{self.config.kafka.topic}"
             if self.config.kafka.enabled
             else "off",
@@ -135,17 +177,23 @@ class Service:
         return {**self.decoder.rejected_by_reason, "too_many_symbols": refused}
 
     def run(self) -> None:
-        """The hot-path loop: synthetic ticks, ingest frames and heartbeats until stopped."""
+        """The hot-path loop: synthetic ticks, ingest frames, sync requests and heartbeats."""
         if self.publisher is None:
             raise RuntimeError("Service.start() must be called before run()")
         publisher, config = self.publisher, self.config
         monotonic = time.monotonic
         synthetic = config.synthetic
         feed = SyntheticFeed(synthetic.symbols, synthetic.seed) if synthetic.enabled else None
-        pacer = RatePacer(synthetic.rate, monotonic()) if feed is not None else None
+        pacer: RatePacer | None = None
         poller = zmq.Poller()
-        if self._pull is not None:
-            poller.register(self._pull, zmq.POLLIN)
+        for socket in (self._rep, self._monitor):
+            if socket is not None:
+                poller.register(socket, zmq.POLLIN)
+        # With --wait-subscribers, ticks (synthetic and ingest) wait until that many clients
+        # completed the sync handshake; heartbeats and sync requests are served meanwhile.
+        released = self.wait_subscribers <= 0
+        if not released:
+            log.info("waiting for %d subscribers to sync before publishing", self.wait_subscribers)
         heartbeat_interval = config.publisher.heartbeat_interval_s
         next_heartbeat = monotonic()
         reject_limiter = RateLimiter(config.ingest.reject_log_interval_s, monotonic)
@@ -158,6 +206,13 @@ class Service:
 
         while not self._stop_requested:
             now = monotonic()
+            if not released and self.sync.completed_handshakes >= self.wait_subscribers:
+                released = True
+                log.info("%d subscribers synced; publishing", self.sync.completed_handshakes)
+            if released and pacer is None and feed is not None:
+                pacer = RatePacer(synthetic.rate, now)
+            if released and self._pull is not None and self._pull not in poller:
+                poller.register(self._pull, zmq.POLLIN)
             if pacer is not None:
                 due = pacer.due(now)
                 if due:
@@ -174,31 +229,65 @@ class Service:
                 wait_s = min(wait_s, mirror.seconds_until_flush(now))
                 if mirror_stats_limiter.allow():
                     mirror.receive_stats()
-            if self._pull is not None:
-                if poller.poll(math.ceil(wait_s * 1000) if wait_s > 0 else 0):
-                    self._drain_ingest(INGEST_FRAMES_PER_PASS)
-                rejected_total = self.decoder.rejected_total
-                if rejected_total != rejected_logged and reject_limiter.allow():
-                    log.warning(
-                        "rejected %d ingest ticks since last report; totals by reason: %s",
-                        rejected_total - rejected_logged,
-                        {reason: n for reason, n in self.rejected_by_reason.items() if n},
-                    )
-                    rejected_logged = rejected_total
-            elif wait_s > 0:
-                time.sleep(wait_s)
+            ready = dict(poller.poll(math.ceil(wait_s * 1000) if wait_s > 0 else 0))
+            if self._pull is not None and self._pull in ready:
+                self._drain_ingest(INGEST_FRAMES_PER_PASS)
+            if self._rep is not None and self._rep in ready:
+                self._serve_sync_requests()
+            if self._monitor is not None and self._monitor in ready:
+                self._read_monitor()
+            rejected_total = self.decoder.rejected_total
+            if rejected_total != rejected_logged and reject_limiter.allow():
+                log.warning(
+                    "rejected %d ingest ticks since last report; totals by reason: %s",
+                    rejected_total - rejected_logged,
+                    {reason: n for reason, n in self.rejected_by_reason.items() if n},
+                )
+                rejected_logged = rejected_total
             if stats_limiter.allow():
                 now = monotonic()
                 rate = (publisher.published - published_at_last_stats) / (now - last_stats_at)
                 log.info(
-                    "published %d ticks (%.0f/s), %d symbols, ingested %s",
+                    "published %d ticks (%.0f/s), %d symbols, %d subscribers, "
+                    "%d sync snapshots, ingested %s",
                     publisher.published,
                     rate,
                     publisher.symbol_count,
+                    self.subscribers_connected,
+                    self.sync.snapshots_served,
                     self.ingested_by_source,
                 )
                 published_at_last_stats, last_stats_at = publisher.published, now
         self._shutdown()
+
+    def _serve_sync_requests(self) -> None:
+        """Answer queued sync requests; each marker goes out on PUB right after its snapshot,
+        before any later tick, which is what makes the handshake exact."""
+        rep, handle, send_frame = self._rep, self.sync.handle, self.publisher.send_control
+        for _ in range(SYNC_REQUESTS_PER_PASS):
+            try:
+                request = rep.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            started = time.perf_counter()
+            reply, marker_frame = handle(request)
+            rep.send(reply)
+            if marker_frame is not None:
+                send_frame(marker_frame)
+            self.sync_seconds_total += time.perf_counter() - started
+
+    def _read_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_ACCEPTED:
+                self.subscribers_connected += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.subscribers_connected = max(0, self.subscribers_connected - 1)
+            elif event & _HANDSHAKE_FAILURES:
+                self.subscriber_handshake_failures += 1
 
     def _drain_ingest(self, max_frames: int) -> None:
         pull, publisher, decode = self._pull, self.publisher, self.decoder.decode
@@ -252,6 +341,11 @@ class Service:
         """Close the sockets (the PUB socket waits up to publisher.linger_ms) and the context."""
         if self.mirror is not None:
             self.mirror.close(timeout_s=0.0)  # no-op after the shutdown's own close
+        for socket_name in ("_rep", "_monitor"):
+            socket = getattr(self, socket_name)
+            if socket is not None:
+                socket.close(linger=0)
+                setattr(self, socket_name, None)
         if self._pull is not None:
             self._pull.close(linger=0)
             self._pull = None

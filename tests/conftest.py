@@ -103,11 +103,12 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
 
 
 def serve_settings(publish_endpoints: list[str], *extra: str) -> list[str]:
-    """--set assignments for a test service: given endpoints, no ingest, no Kafka mirror,
-    fast heartbeats."""
+    """--set assignments for a test service: given endpoints, no ingest, no sync socket, no
+    Kafka mirror, fast heartbeats."""
     return [
         f"publisher.endpoints=[{', '.join(publish_endpoints)}]",
         "ingest.endpoint=",
+        "sync.endpoint=",
         "kafka.enabled=false",
         "publisher.heartbeat_interval_s=0.1",
         *extra,

@@ -30,6 +30,7 @@ def mirror_settings(endpoint: str, bootstrap: str, topic: str, *extra: str) -> l
     return [
         f"publisher.endpoints=[{endpoint}]",
         "ingest.endpoint=",
+        "sync.endpoint=",
         "publisher.heartbeat_interval_s=0.1",
         "kafka.enabled=true",
         f"kafka.bootstrap={bootstrap}",

@@ -86,6 +86,8 @@ def serve_endpoints() -> Iterator[dict[str, str]]:
             "--set",
             "kafka.enabled=false",
             "--set",
+            "sync.endpoint=",
+            "--set",
             f"synthetic.rate={TICKS_PER_S}",
             "--set",
             f"synthetic.symbols={SYMBOL_COUNT}",

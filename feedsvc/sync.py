@@ -1,0 +1,168 @@
+"""The sync handshake's server side: snapshot requests answered from the last-value cache.
+
+Protocol (docs/sync-protocol.md): a client subscribes, sends ``{"op": "snapshot", ...}`` on REQ,
+gets the epoch and per symbol the latest seq and last tick, and waits for a marker frame on the
+PUB socket that the service sends right after taking the snapshot. Then it sends
+``{"op": "ready", ...}``; those are the completed handshakes ``--wait-subscribers`` counts.
+
+This module has no sockets: `SyncHandler.handle()` turns request bytes into reply bytes and the
+marker frame to publish, so it is fuzzed directly. The service owns the REP socket.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple
+
+import orjson
+
+from feedsvc.ticks import encode_frame, symbol_problem
+
+MARKER_TOPIC_PREFIX: Final = "_sync."
+MARKER_PATTERN: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
+CLIENT_PATTERN: Final = MARKER_PATTERN
+
+ERROR_NOT_JSON: Final = "not_json"
+ERROR_BAD_REQUEST: Final = "bad_request"
+ERROR_BAD_SYMBOL: Final = "bad_symbol"
+ERROR_TOO_MANY_SYMBOLS: Final = "too_many_symbols"
+ERROR_TOO_LARGE: Final = "too_large"
+ERRORS: Final = (
+    ERROR_NOT_JSON,
+    ERROR_BAD_REQUEST,
+    ERROR_BAD_SYMBOL,
+    ERROR_TOO_MANY_SYMBOLS,
+    ERROR_TOO_LARGE,
+)
+
+# symbols (None = all) -> {symbol: (last seq, last payload bytes or None)}
+SnapshotSource = Callable[[Iterable[str] | None], dict[str, tuple[int, bytes | None]]]
+
+
+class SyncReply(NamedTuple):
+    reply: bytes
+    # The frame to send on the PUB socket right after the reply's snapshot was taken, or None.
+    marker_frame: bytes | None
+
+
+class _BadRequest(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def marker_topic(marker: str) -> str:
+    return MARKER_TOPIC_PREFIX + marker
+
+
+class SyncHandler:
+    """Answers sync requests; counts what it served, rejected (by reason) and completed.
+
+    Parameters
+    ----------
+    snapshot_source:
+        Returns the last-value cache for the given symbols (None = all symbols).
+    epoch:
+        This run's epoch.
+    max_symbols_per_request:
+        Larger requests get a ``too_many_symbols`` error (bounds the work and the reply size).
+    max_request_bytes:
+        Larger requests get a ``too_large`` error.
+    """
+
+    def __init__(
+        self,
+        snapshot_source: SnapshotSource,
+        epoch: int,
+        max_symbols_per_request: int,
+        max_request_bytes: int,
+    ) -> None:
+        self._snapshot_source = snapshot_source
+        self.epoch = epoch
+        self.max_symbols_per_request = max_symbols_per_request
+        self.max_request_bytes = max_request_bytes
+        self.snapshots_served = 0
+        self.rejected_by_reason: dict[str, int] = dict.fromkeys(ERRORS, 0)
+        self.ready_clients: set[str] = set()
+        # Bounds the set of client ids a stream of made-up ids could grow.
+        self.max_ready_clients = 100_000
+
+    @property
+    def completed_handshakes(self) -> int:
+        return len(self.ready_clients)
+
+    def handle(self, request: bytes) -> SyncReply:
+        """One request in, one reply out (never raises for bad input)."""
+        try:
+            fields = self._parse(request)
+            if fields["op"] == "ready":
+                return self._ready(fields)
+            return self._snapshot(fields)
+        except _BadRequest as error:
+            self.rejected_by_reason[error.code] += 1
+            reply = {"ok": False, "error": error.code, "detail": error.detail}
+            return SyncReply(orjson.dumps(reply), None)
+
+    def _parse(self, request: bytes) -> dict[str, Any]:
+        if len(request) > self.max_request_bytes:
+            raise _BadRequest(
+                ERROR_TOO_LARGE, f"requests are at most {self.max_request_bytes} bytes"
+            )
+        try:
+            fields = orjson.loads(request)
+        except orjson.JSONDecodeError:
+            raise _BadRequest(ERROR_NOT_JSON, "the request must be one JSON object") from None
+        if not isinstance(fields, dict):
+            raise _BadRequest(ERROR_BAD_REQUEST, "the request must be a JSON object")
+        if fields.get("op") not in ("snapshot", "ready"):
+            raise _BadRequest(ERROR_BAD_REQUEST, 'op must be "snapshot" or "ready"')
+        for name, pattern in (("client", CLIENT_PATTERN), ("marker", MARKER_PATTERN)):
+            value = fields.get(name)
+            if not isinstance(value, str) or pattern.fullmatch(value) is None:
+                raise _BadRequest(
+                    ERROR_BAD_REQUEST, f"{name} must be 1 to 64 characters of [0-9A-Za-z_-]"
+                )
+        return fields
+
+    def _ready(self, fields: dict[str, Any]) -> SyncReply:
+        if len(self.ready_clients) < self.max_ready_clients:
+            self.ready_clients.add(fields["client"])
+        return SyncReply(b'{"ok":true}', None)
+
+    def _snapshot(self, fields: dict[str, Any]) -> SyncReply:
+        symbols = fields.get("symbols")
+        if symbols is not None:
+            if not isinstance(symbols, list):
+                raise _BadRequest(ERROR_BAD_REQUEST, "symbols must be a list or null")
+            if len(symbols) > self.max_symbols_per_request:
+                raise _BadRequest(
+                    ERROR_TOO_MANY_SYMBOLS,
+                    f"at most {self.max_symbols_per_request} symbols per request, "
+                    f"got {len(symbols)}",
+                )
+            for symbol in symbols:
+                if symbol_problem(symbol) is not None:
+                    raise _BadRequest(
+                        ERROR_BAD_SYMBOL, f"{str(symbol)[:80]!r}: {symbol_problem(symbol)}"
+                    )
+        cache = self._snapshot_source(symbols)
+        snapshot = {
+            symbol: {
+                "seq": seq,
+                # The payload as broadcast, embedded without decoding and re-encoding.
+                "tick": orjson.Fragment(payload) if payload is not None else None,
+            }
+            for symbol, (seq, payload) in cache.items()
+        }
+        marker = fields["marker"]
+        reply = {
+            "ok": True,
+            "epoch": self.epoch,
+            "marker": marker_topic(marker),
+            "snapshot": snapshot,
+        }
+        self.snapshots_served += 1
+        marker_frame = encode_frame(marker_topic(marker), {"epoch": self.epoch, "marker": marker})
+        return SyncReply(orjson.dumps(reply), marker_frame)

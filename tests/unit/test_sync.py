@@ -1,0 +1,116 @@
+"""The sync handler: snapshots from the last-value cache, markers, error replies, fuzzing."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feedsvc.publisher import Publisher
+from feedsvc.sync import ERRORS, SyncHandler
+from feedsvc.ticks import decode_frame
+
+
+def _handler(max_symbols: int = 100) -> tuple[SyncHandler, Publisher, list[bytes]]:
+    frames: list[bytes] = []
+    publisher = Publisher(frames.append, epoch=9, max_symbols=1000)
+    handler = SyncHandler(publisher.last_values, 9, max_symbols, max_request_bytes=4096)
+    return handler, publisher, frames
+
+
+def _tick(symbol: str, bid: float = 1.0) -> dict[str, object]:
+    return {"sym": symbol, "bid": bid, "ask": bid + 0.01, "bid_size": 1, "ask_size": 1}
+
+
+def _request(**fields: object) -> bytes:
+    return orjson.dumps({"op": "snapshot", "client": "c1", "marker": "m1", **fields})
+
+
+def test_snapshot_holds_last_seq_and_the_tick_as_broadcast() -> None:
+    handler, publisher, frames = _handler()
+    publisher.publish([_tick("AAPL", 1.0), _tick("MSFT"), _tick("AAPL", 2.0)])
+    reply, marker_frame = handler.handle(_request(symbols=["AAPL", "QUIET"]))
+    decoded = orjson.loads(reply)
+    assert decoded["ok"] is True and decoded["epoch"] == 9
+    assert decoded["snapshot"]["AAPL"]["seq"] == 2
+    # Byte for byte the payload subscribers received for AAPL seq 2.
+    assert orjson.dumps(decoded["snapshot"]["AAPL"]["tick"]) == frames[2].partition(b" ")[2]
+    assert decoded["snapshot"]["QUIET"] == {"seq": 0, "tick": None}
+    assert "MSFT" not in decoded["snapshot"]
+    assert marker_frame is not None
+    topic, marker = decode_frame(marker_frame)
+    assert topic == decoded["marker"] == "_sync.m1"
+    assert marker == {"epoch": 9, "marker": "m1"}
+    assert handler.snapshots_served == 1
+
+
+def test_all_symbols_when_symbols_is_null() -> None:
+    handler, publisher, _ = _handler()
+    publisher.publish([_tick("A"), _tick("B")])
+    decoded = orjson.loads(handler.handle(_request(symbols=None)).reply)
+    assert set(decoded["snapshot"]) == {"A", "B"}
+
+
+def test_ready_counts_distinct_clients() -> None:
+    handler, _, _ = _handler()
+    for client in ("a", "b", "a"):
+        reply = handler.handle(orjson.dumps({"op": "ready", "client": client, "marker": "x"}))
+        assert orjson.loads(reply.reply) == {"ok": True}
+        assert reply.marker_frame is None
+    assert handler.completed_handshakes == 2
+
+
+def _error(handler: SyncHandler, request: bytes) -> str:
+    reply = handler.handle(request)
+    decoded = orjson.loads(reply.reply)
+    assert decoded["ok"] is False and decoded["detail"]
+    assert reply.marker_frame is None
+    return decoded["error"]
+
+
+def test_bad_requests_get_error_replies_by_reason() -> None:
+    handler, _, _ = _handler(max_symbols=3)
+    assert _error(handler, b"{nope") == "not_json"
+    assert _error(handler, b"[1, 2]") == "bad_request"
+    assert _error(handler, orjson.dumps({"op": "dance", "client": "c", "marker": "m"})) == (
+        "bad_request"
+    )
+    assert _error(handler, _request(marker="has space")) == "bad_request"
+    assert _error(handler, _request(client="")) == "bad_request"
+    assert _error(handler, _request(symbols="AAPL")) == "bad_request"
+    assert _error(handler, _request(symbols=["AAPL", "_hb"])) == "bad_symbol"
+    assert _error(handler, _request(symbols=["AAPL", 7])) == "bad_symbol"
+    assert _error(handler, _request(symbols=["A", "B", "C", "D"])) == "too_many_symbols"
+    assert _error(handler, b" " * 5000) == "too_large"
+    assert handler.rejected_by_reason["bad_request"] == 5
+    assert handler.snapshots_served == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            orjson.dumps,
+            st.dictionaries(
+                st.sampled_from(["op", "client", "marker", "symbols"]),
+                st.one_of(
+                    st.none(),
+                    st.text(max_size=10),
+                    st.sampled_from(["snapshot", "ready"]),
+                    st.lists(st.text(max_size=6), max_size=5),
+                    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+                ),
+            ),
+        ),
+    )
+)
+def test_any_request_gets_one_json_reply_and_is_counted(request: bytes) -> None:
+    handler, publisher, _ = _handler(max_symbols=4)
+    publisher.publish([_tick("A")])
+    reply = orjson.loads(handler.handle(request).reply)
+    if reply["ok"]:
+        assert handler.snapshots_served + handler.completed_handshakes == 1
+    else:
+        assert reply["error"] in ERRORS
+        assert sum(handler.rejected_by_reason.values()) == 1
