@@ -160,9 +160,11 @@ class KafkaConfig:
     flush_timeout_s: float = _setting(30.0, minimum=0.0, maximum=3_600)
     # Hand-off from the hot path to the mirror process: a batch per this many ticks or this delay.
     handoff_batch_ticks: int = _setting(1_000, minimum=1, maximum=100_000)
-    handoff_max_delay_ms: float = _setting(5.0, minimum=0.0, maximum=10_000)
-    # Batches queued towards the mirror process before new ones are dropped (counted).
-    handoff_queue_batches: int = _setting(100, minimum=1)
+    handoff_max_delay_ms: float = _setting(20.0, minimum=0.0, maximum=10_000)
+    # Batches queued towards the mirror process before new ones are dropped (counted): with
+    # the defaults at least 5 s of ticks at 20k ticks/s, while librdkafka's queue is full or
+    # the mirror process is busy.
+    handoff_queue_batches: int = _setting(250, minimum=1)
     # librdkafka producer settings passed through (security, tuning), e.g. {"linger.ms": 50}.
     producer: dict[str, Any] = _setting({}, check=_check_producer_settings)
 

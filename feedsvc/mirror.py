@@ -53,9 +53,11 @@ PRODUCER_DEFAULTS: Final[dict[str, Any]] = {
     "compression.type": "lz4",
     # The topic is created by feedsvc with its partitions and retention, never by accident.
     "allow.auto.create.topics": False,
-    # Every delivery is reported: a tick counts as mirrored only once Kafka acknowledged it.
-    # (len(producer) would be cheaper but also counts protocol requests, so it is not exact.)
-    "delivery.report.only.error": False,
+    # Only failures call back into Python: a callback per acknowledged tick cost the mirror
+    # process CPU the hot path needs, and stalled it for seconds while a backlog of a million
+    # acknowledgements was served after an outage. Acknowledged ticks are counted from the
+    # producer's queue length instead (see _MirrorProducer.queued).
+    "delivery.report.only.error": True,
     # Connection failures reach error_cb, which logs them rate-limited; not librdkafka's stderr.
     "log_level": 2,
 }
@@ -233,11 +235,11 @@ class _MirrorProducer:
 
         self.config = config
         self.produced = 0
-        self.delivered = 0
         self.failed = 0
         self.broker_up = False
         self._warnings = RateLimiter(WARNING_INTERVAL_S, time.monotonic)
         self._topic_ready = False
+        self._delivered_when_down = 0
         self._topic_request: Any = None
         self._next_topic_attempt = 0.0
         settings = producer_settings(config)
@@ -265,21 +267,33 @@ class _MirrorProducer:
                     error.str(),
                 )
             self.broker_up = False
+            self._delivered_when_down = self.delivered
         elif self._warnings.allow():
             log.warning("Kafka error: %s", error.str())
 
     def _on_delivery(self, error: Any, _message: Any) -> None:
-        if error is None:
-            self.delivered += 1
-        else:
-            self.failed += 1
-            if self._warnings.allow():
-                log.warning("Kafka delivery failed: %s (%d so far)", error.str(), self.failed)
+        # Called for failures only (delivery.report.only.error).
+        self.failed += 1
+        if self._warnings.allow():
+            log.warning("Kafka delivery failed: %s (%d so far)", error.str(), self.failed)
+
+    @property
+    def topic_ready(self) -> bool:
+        return self._topic_ready
 
     @property
     def queued(self) -> int:
-        """Ticks produced but neither acknowledged nor failed yet."""
-        return self.produced - self.delivered - self.failed
+        """Ticks produced but neither acknowledged nor failed yet.
+
+        len(producer) also counts a few protocol requests, so this errs on the side of "not yet
+        acknowledged" (never the other way); after a completed flush it is exactly 0.
+        """
+        return min(len(self._producer), self.produced - self.failed)
+
+    @property
+    def delivered(self) -> int:
+        """Ticks Kafka acknowledged (a lower bound while requests are in flight)."""
+        return self.produced - self.failed - self.queued
 
     def ensure_topic(self, now: float) -> None:
         """Create kafka.topic with its partitions and retention once the broker answers.
@@ -345,6 +359,17 @@ class _MirrorProducer:
 
     def poll(self, timeout_s: float) -> None:
         self._producer.poll(timeout_s)
+        self._notice_broker_back()
+
+    def _notice_broker_back(self) -> None:
+        # error_cb reports the outage; acknowledgements moving again report the recovery.
+        if self.broker_up or not self._topic_ready:
+            return
+        delivered = self.delivered
+        if delivered > self._delivered_when_down:
+            log.info("Kafka at %s reachable again; mirroring", self.config.bootstrap)
+            self.broker_up = True
+        self._delivered_when_down = delivered
 
     def flush(self, timeout_s: float) -> int:
         """Wait up to timeout_s for every produced tick to be acknowledged; returns how many
@@ -399,7 +424,8 @@ def run_mirror_process(
                 stats_push.send(producer.stats())
                 next_stats = now + STATS_INTERVAL_S
         flush_deadline = time.monotonic() + config.flush_timeout_s
-        while not producer.broker_up and time.monotonic() < flush_deadline:
+        # Ticks wait for the topic; a broker that appears during the flush still gets them.
+        while not producer.topic_ready and time.monotonic() < flush_deadline:
             producer.ensure_topic(time.monotonic())
             producer.poll(0.2)
         remaining = producer.flush(max(0.0, flush_deadline - time.monotonic()))
