@@ -2,7 +2,10 @@
 
 With --json every tick is one JSON line on stdout and a JSON summary line goes to stderr at exit
 (for scripts and tests); otherwise a live table shows the latest quote per symbol, the message
-rate, gaps and whether the publisher is alive. SIGINT and SIGTERM stop cleanly with exit code 0.
+rate, gaps and whether the publisher is alive. With --sync the sync handshake comes first: the
+snapshot's last value of every symbol is printed (or shown) before the live ticks, and per symbol
+the seqs are contiguous from it on. SIGINT and SIGTERM stop cleanly with exit code 0, during the
+handshake too.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from feedsvc.client import Subscriber
+from feedsvc.client import DEFAULT_SYNC_TIMEOUT_S, Subscriber, SyncError
 from feedsvc.ticks import Tick
 
 DEFAULT_ENDPOINT: Final = "ipc:///tmp/feedsvc/ticks"
@@ -32,6 +35,7 @@ RECV_TIMEOUT_S: Final = 0.1
 # JSON lines are written buffered and flushed at least this often (stdout may be a pipe).
 FLUSH_INTERVAL_S: Final = 0.25
 TABLE_REFRESH_S: Final = 0.25
+EXIT_SYNC_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
 
@@ -86,6 +90,20 @@ def add_subscribe_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="deliver only the newest tick per symbol when falling behind",
     )
+    parser.add_argument(
+        "--sync",
+        dest="sync_endpoint",
+        metavar="EP",
+        help="the service's sync.endpoint: start from its snapshot (last value of every symbol), "
+        "then miss nothing",
+    )
+    parser.add_argument(
+        "--sync-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_SYNC_TIMEOUT_S,
+        metavar="SECONDS",
+        help="wait per handshake step and attempt (default: %(default)s)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -98,17 +116,38 @@ def run_from_args(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         as_json=args.json,
         conflate=args.conflate,
+        sync_endpoint=args.sync_endpoint,
+        sync_timeout_s=args.sync_timeout,
     )
 
 
+class _Interrupted(Exception):
+    """Raised by the signal handler to leave a blocking step (the sync handshake) at once."""
+
+
 class _StopFlag:
-    """Set by SIGINT/SIGTERM (or the limits); checked by the receive loop between short waits."""
+    """Set by SIGINT/SIGTERM (or the limits); checked by the receive loop between short waits.
+
+    Inside `interrupting()` the signal also raises _Interrupted, for steps that do not check it.
+    """
 
     def __init__(self) -> None:
         self.stopped = False
+        self._interrupting = False
 
     def set(self, _signum: int = 0, _frame: FrameType | None = None) -> None:
         self.stopped = True
+        if self._interrupting:
+            self._interrupting = False
+            raise _Interrupted
+
+    @contextlib.contextmanager
+    def interrupting(self) -> Iterator[None]:
+        self._interrupting = True
+        try:
+            yield
+        finally:
+            self._interrupting = False
 
 
 @contextlib.contextmanager
@@ -136,19 +175,39 @@ def run_subscribe(
     duration_s: float | None = None,
     as_json: bool = False,
     conflate: bool = False,
+    sync_endpoint: str | None = None,
+    sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S,
 ) -> int:
     """Subscribe and print ticks until `count` ticks, `duration_s` seconds or SIGINT/SIGTERM.
 
-    Returns the exit code: 0 when stopped by a limit or a signal, 2 for unusable arguments.
+    With `sync_endpoint` the sync handshake runs first and the snapshot's ticks come first.
+
+    Returns the exit code: 0 when stopped by a limit or a signal, 1 when the sync handshake
+    failed, 2 for unusable arguments.
     """
     try:
-        subscriber = Subscriber(endpoints, symbols, prefixes, conflate=conflate)
+        subscriber = Subscriber(
+            endpoints,
+            symbols,
+            prefixes,
+            conflate=conflate,
+            sync_endpoint=sync_endpoint,
+            sync_timeout_s=sync_timeout_s,
+        )
     except ValueError as error:
         print(f"feedsvc subscribe: {error}", file=sys.stderr)
         return EXIT_USAGE
     stop = _StopFlag()
     started_at = time.monotonic()
     with subscriber, _stop_on_signals(stop):
+        try:
+            with stop.interrupting():
+                subscriber.sync()
+        except _Interrupted:
+            pass  # stop is set: no ticks are received, the summary is still printed
+        except SyncError as error:
+            print(f"feedsvc subscribe: {error}", file=sys.stderr)
+            return EXIT_SYNC_FAILED
         deadline = None if duration_s is None else started_at + duration_s
         if as_json:
             _print_json_lines(subscriber, stop, count, deadline)

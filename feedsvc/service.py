@@ -270,6 +270,10 @@ class Service:
             except zmq.Again:
                 return
             started = time.perf_counter()
+            # Reading ZMQ_EVENTS makes the PUB socket apply subscriptions that have arrived
+            # (otherwise it does so lazily, about once per ms of sends), so the marker is not
+            # filtered out by a subscription the client made just before asking.
+            self._pub.getsockopt(zmq.EVENTS)
             reply, marker_frame = handle(request)
             rep.send(reply)
             if marker_frame is not None:

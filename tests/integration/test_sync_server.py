@@ -3,6 +3,8 @@ client in any language would (docs/sync-protocol.md)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from typing import Any
 import orjson
 import zmq
 
+from feedsvc.client import Subscriber
 from tests.conftest import ServeProcess, free_tcp_port, serve_settings, wait_for_first_message
 
 Serve = Callable[..., ServeProcess]
@@ -208,3 +211,83 @@ def test_wait_subscribers_gives_each_client_seq_1_of_every_symbol(
         assert set(seqs) == set(wanted)
         for symbol, seen in seqs.items():
             assert seen == list(range(1, len(seen) + 1)), symbol
+
+
+def test_client_library_joins_a_running_service_without_gaps_or_duplicates(
+    serve: Serve, ipc_endpoint: str, tcp_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    process = serve(
+        *serve_settings(
+            [ipc_endpoint, tcp_endpoint], "synthetic.rate=20000", "synthetic.symbols=50"
+        ),
+        f"sync.endpoint={sync_endpoint}",
+    )
+    probe = zmq_context.socket(zmq.SUB)
+    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
+    probe.connect(ipc_endpoint)
+    wait_for_first_message(probe, process)
+    time.sleep(0.5)
+    for endpoint in (ipc_endpoint, tcp_endpoint, ipc_endpoint, tcp_endpoint):
+        symbols = ["SYN0003", "SYN0017", "SYN0042"]
+        with Subscriber(
+            endpoint, symbols=symbols, sync_endpoint=sync_endpoint, rcvhwm=0
+        ) as subscriber:
+            seqs: dict[str, list[int]] = {}
+            deadline = time.monotonic() + 30
+            while sum(map(len, seqs.values())) < 1500 and time.monotonic() < deadline:
+                tick = subscriber.recv(timeout=1.0)
+                if tick is not None:
+                    seqs.setdefault(tick["sym"], []).append(tick["seq"])
+            assert set(seqs) == set(symbols)
+            for symbol, seen in seqs.items():
+                # The snapshot's last value first, then every later tick.
+                assert seen[0] == subscriber.snapshot[symbol]["seq"]
+                assert seen == list(range(seen[0], seen[0] + len(seen))), symbol
+            assert subscriber.stats.gaps == 0 and subscriber.stats.duplicates == 0
+
+
+def test_subscribe_cli_with_sync_prints_contiguous_seqs_from_the_snapshot(
+    serve: Serve, ipc_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    process = serve(
+        *serve_settings([ipc_endpoint], "synthetic.rate=20000", "synthetic.symbols=20"),
+        f"sync.endpoint={sync_endpoint}",
+    )
+    probe = zmq_context.socket(zmq.SUB)
+    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
+    probe.connect(ipc_endpoint)
+    wait_for_first_message(probe, process)
+    time.sleep(0.5)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "feedsvc.cli",
+            "subscribe",
+            "--endpoint",
+            ipc_endpoint,
+            "--sync",
+            sync_endpoint,
+            "--json",
+            "--count",
+            "3000",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    ticks = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert len(ticks) == 3000
+    by_symbol: dict[str, list[int]] = {}
+    for tick in ticks:
+        by_symbol.setdefault(tick["sym"], []).append(tick["seq"])
+    assert len(by_symbol) == 20
+    # The first 20 lines are the snapshot's last values, one per symbol.
+    assert len({tick["sym"] for tick in ticks[:20]}) == 20
+    for symbol, seen in by_symbol.items():
+        assert seen == list(range(seen[0], seen[0] + len(seen))), symbol
+    summary = orjson.loads(result.stderr.splitlines()[-1])
+    assert summary["gaps"] == 0 and summary["missed"] == 0
