@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,10 @@ def summarize(
     steal_s = subscriber["machine_steal_cpu_s"]
     return {
         "kind": kind,
+        # Monotonic clock (system-wide on Linux): other processes' samples can be aligned to it.
+        "window_start": start,
+        "window_end": end,
+        "marks": marks,
         "window_s": window_s,
         "received": received,
         "received_per_s": received / window_s,
@@ -391,7 +395,11 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def publisher_command(kind: str, endpoint: str, options: argparse.Namespace) -> list[str]:
+def publisher_command(
+    kind: str, endpoint: str, options: argparse.Namespace, extra_settings: Sequence[str] = ()
+) -> list[str]:
+    """The publisher's command line; extra_settings are further feedsvc `--set` assignments,
+    applied after (so overriding) the benchmark's own."""
     if kind == "baseline":
         max_run_s = FIRST_MESSAGE_TIMEOUT_S + options.warmup + options.duration + 30.0
         return [
@@ -406,12 +414,14 @@ def publisher_command(kind: str, endpoint: str, options: argparse.Namespace) -> 
     settings = [
         f"publisher.endpoints=[{endpoint}]",
         "ingest.endpoint=",
+        "sync.endpoint=",
         "synthetic.enabled=true",
         "synthetic.rate=0",
         f"synthetic.symbols={options.symbols}",
         f"publisher.sndhwm={options.hwm}",
         f"publisher.sndbuf={SNDBUF_BYTES}",
         "kafka.enabled=false",
+        *extra_settings,
     ]
     return [
         sys.executable,
@@ -422,12 +432,28 @@ def publisher_command(kind: str, endpoint: str, options: argparse.Namespace) -> 
     ]
 
 
+def run_log_path(kind: str, run_index: int, workdir: Path) -> Path:
+    """Where measure() keeps the publisher's and subscriber's stderr of one run."""
+    return workdir / f"{kind}-{run_index}.log"
+
+
 def measure(
-    kind: str, run_index: int, options: argparse.Namespace, workdir: Path
+    kind: str,
+    run_index: int,
+    options: argparse.Namespace,
+    workdir: Path,
+    extra_settings: Sequence[str] = (),
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+    while_running: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """One measurement: start the publisher and the subscriber, collect, stop both by pid."""
+    """One measurement: start the publisher and the subscriber, collect, stop both by pid.
+
+    extra_settings go to publisher_command(); stop_timeout_s bounds the publisher's exit after
+    SIGTERM; while_running(publisher pid) is called every POLL_INTERVAL_S until the subscriber
+    is done (to sample other processes).
+    """
     endpoint = f"ipc://{workdir}/{kind}-{run_index}"
-    log_path = workdir / f"{kind}-{run_index}.log"
+    log_path = run_log_path(kind, run_index, workdir)
     subscriber_command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -444,7 +470,7 @@ def measure(
     with log_path.open("wb") as log:
         try:
             publisher = subprocess.Popen(
-                publisher_command(kind, endpoint, options),
+                publisher_command(kind, endpoint, options, extra_settings),
                 stdout=subprocess.PIPE if kind == "baseline" else subprocess.DEVNULL,
                 stderr=log,
             )
@@ -471,6 +497,8 @@ def measure(
                     )
                 if time.monotonic() > deadline:
                     raise BenchError(f"{kind} subscriber did not finish in time; see {log_path}")
+                if while_running is not None:
+                    while_running(publisher.pid)
                 time.sleep(POLL_INTERVAL_S)
             assert subscriber.stdout is not None
             subscriber_result = json.loads(subscriber.stdout.read() or b"{}")
@@ -481,7 +509,7 @@ def measure(
                 )
             publisher.send_signal(signal.SIGTERM)
             try:
-                publisher_output, _ = publisher.communicate(timeout=STOP_TIMEOUT_S)
+                publisher_output, _ = publisher.communicate(timeout=stop_timeout_s)
             except subprocess.TimeoutExpired:
                 raise BenchError(
                     f"{kind} publisher did not stop on SIGTERM; see {log_path}"
