@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -291,3 +292,56 @@ def test_subscribe_cli_with_sync_prints_contiguous_seqs_from_the_snapshot(
         assert seen == list(range(seen[0], seen[0] + len(seen))), symbol
     summary = orjson.loads(result.stderr.splitlines()[-1])
     assert summary["gaps"] == 0 and summary["missed"] == 0
+
+
+def test_many_clients_joining_at_once_each_get_contiguous_ticks(
+    serve: Serve, ipc_endpoint: str, tcp_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    process = serve(
+        *serve_settings(
+            [ipc_endpoint, tcp_endpoint], "synthetic.rate=20000", "synthetic.symbols=50"
+        ),
+        f"sync.endpoint={sync_endpoint}",
+    )
+    probe = zmq_context.socket(zmq.SUB)
+    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
+    probe.connect(ipc_endpoint)
+    wait_for_first_message(probe, process)
+    time.sleep(0.5)
+    problems: list[str] = []
+
+    def join(index: int) -> None:
+        endpoint = ipc_endpoint if index % 2 else tcp_endpoint
+        symbols = [f"SYN{(index * 7 + offset) % 50:04d}" for offset in range(5)]
+        try:
+            with Subscriber(
+                endpoint,
+                symbols=symbols,
+                sync_endpoint=sync_endpoint,
+                rcvhwm=0,
+                context=zmq_context,
+            ) as subscriber:
+                seqs: dict[str, list[int]] = {}
+                deadline = time.monotonic() + 30
+                while sum(map(len, seqs.values())) < 1000 and time.monotonic() < deadline:
+                    tick = subscriber.recv(timeout=1.0)
+                    if tick is not None:
+                        seqs.setdefault(tick["sym"], []).append(tick["seq"])
+                if set(seqs) != set(symbols):
+                    problems.append(f"client {index}: symbols {sorted(seqs)}")
+                for symbol, seen in seqs.items():
+                    if seen[0] != subscriber.snapshot[symbol]["seq"]:
+                        problems.append(f"client {index} {symbol}: did not start at snapshot")
+                    if seen != list(range(seen[0], seen[0] + len(seen))):
+                        problems.append(f"client {index} {symbol}: not contiguous")
+        except Exception as error:  # reported below with the client's index
+            problems.append(f"client {index}: {error!r}")
+
+    clients = [threading.Thread(target=join, args=(index,)) for index in range(8)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(timeout=60)
+    assert not any(client.is_alive() for client in clients)
+    assert problems == []
