@@ -128,6 +128,7 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    # Prometheus /metrics and /healthz on 127.0.0.1:port; 0 = no metrics server.
     port: int = _setting(9108, minimum=0, maximum=65_535)
 
 

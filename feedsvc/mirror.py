@@ -151,6 +151,12 @@ class MirrorHandoff:
         ):
             self.flush(now)
 
+    @property
+    def backlog(self) -> int:
+        """Ticks published but neither acknowledged nor failed nor dropped yet."""
+        stats = self.stats
+        return max(0, stats.handed_off + len(self._pending) - stats.delivered - stats.failed)
+
     def seconds_until_flush(self, now: float) -> float:
         """How long the service loop may sleep before pending frames are due."""
         if not self._pending:

@@ -43,6 +43,7 @@ class Publisher:
         self.epoch = epoch
         self.max_symbols = max_symbols
         self.published = 0
+        self.published_bytes = 0
         self.refused_new_symbols = 0
         self._send = send
         self._clock_ns = clock_ns
@@ -57,6 +58,7 @@ class Publisher:
         send, clock_ns, dumps, epoch = self._send, self._clock_ns, orjson.dumps, self.epoch
         mirror_append = self._mirror_append
         refused = 0
+        frame_bytes = 0
         for tick in ticks:
             state = get_state(tick["sym"])
             if state is None:
@@ -70,10 +72,12 @@ class Publisher:
             tick["ts"] = clock_ns()
             state[2] = frame = state[0] + dumps(tick)
             send(frame)
+            frame_bytes += len(frame)
             if mirror_append is not None:
                 mirror_append(frame)
         sent = len(ticks) - refused
         self.published += sent
+        self.published_bytes += frame_bytes
         return sent
 
     def _add_symbol(self, symbol: str) -> list[Any] | None:

@@ -19,6 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 from feedsvc.config import Config
 from feedsvc.ingest import IngestDecoder, RatePacer, SyntheticFeed
 from feedsvc.logs import RateLimiter
+from feedsvc.metrics import LOOP_STALL_S, MetricsServer, health_body
 from feedsvc.mirror import MirrorHandoff
 from feedsvc.publisher import Publisher
 from feedsvc.sync import SyncHandler
@@ -93,6 +94,11 @@ class Service:
         self.subscribers_connected = 0
         self.subscriber_handshake_failures = 0
         self.sync_seconds_total = 0.0
+        self.last_publish_unix_s = 0.0
+        self.metrics: MetricsServer | None = None
+        # Updated every loop pass; /healthz reports 503 when it stops moving.
+        self._loop_alive_at: float | None = None
+        self._recent_publish_rate = 0.0
         self._stop_requested = False
         self._context = zmq.Context(io_threads=config.publisher.io_threads)
         self._pub: zmq.Socket | None = None
@@ -152,6 +158,16 @@ class Service:
             self.config.sync.max_symbols_per_request,
             self.config.sync.max_request_bytes,
         )
+        if self.config.metrics.port:
+            try:
+                self.metrics = MetricsServer(self, self.config.metrics.port)
+            except OSError as error:
+                self.close()
+                raise StartupError(
+                    f"metrics.port: cannot listen on 127.0.0.1:{self.config.metrics.port}: "
+                    f"{error.strerror}"
+                ) from None
+            self.metrics.start()
         log.info(
             "serving epoch=%d publisher=%s ingest=%s sync=%s kafka=%s synthetic=%s",
             self.epoch,
@@ -166,6 +182,36 @@ class Service:
             if self.config.synthetic.enabled
             else "off",
         )
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """(healthy, body) for /healthz: healthy while the loop runs and the PUB socket is open."""
+        reason = None
+        alive_at = self._loop_alive_at
+        if self._pub is None:
+            reason = "the PUB socket is closed"
+        elif self._stop_requested:
+            reason = "stopping"
+        elif alive_at is None:
+            reason = "not publishing yet"
+        elif time.monotonic() - alive_at > LOOP_STALL_S:
+            reason = f"the publishing loop has not run for over {LOOP_STALL_S:.0f} s"
+        mirror_stats = self.mirror.stats if self.mirror is not None else None
+        body = health_body(
+            healthy=reason is None,
+            reason=reason,
+            epoch=self.epoch,
+            endpoints=list(self.config.publisher.endpoints) if self._pub is not None else [],
+            mirror_enabled=self.mirror is not None,
+            mirror_connected=bool(mirror_stats and mirror_stats.broker_up),
+            last_publish_unix_s=self.last_publish_unix_s,
+        )
+        return reason is None, body
+
+    def mirror_lag_seconds(self) -> float:
+        """Seconds of ticks the Kafka mirror is behind, at the recent publish rate."""
+        if self.mirror is None:
+            return 0.0
+        return self.mirror.backlog / max(self._recent_publish_rate, 1.0)
 
     def request_stop(self) -> None:
         """Ask `run()` to finish; safe from a signal handler or another thread."""
@@ -204,8 +250,13 @@ class Service:
         mirror = self.mirror
         mirror_stats_limiter = RateLimiter(MIRROR_STATS_INTERVAL_S, monotonic)
 
+        metrics = self.metrics
+        perf_counter = time.perf_counter
+        published_at_last_rate, last_rate_at = 0, monotonic()
+
         while not self._stop_requested:
             now = monotonic()
+            self._loop_alive_at = now
             if not released and self.sync.completed_handshakes >= self.wait_subscribers:
                 released = True
                 log.info("%d subscribers synced; publishing", self.sync.completed_handshakes)
@@ -216,7 +267,11 @@ class Service:
             if pacer is not None:
                 due = pacer.due(now)
                 if due:
+                    batch_started = perf_counter()
                     self.ingested_by_source["synthetic"] += publisher.publish(feed.generate(due))
+                    if metrics is not None:
+                        metrics.publish_latency_seconds.observe(perf_counter() - batch_started)
+                    self.last_publish_unix_s = time.time()
             if now >= next_heartbeat:
                 publisher.send_heartbeat(heartbeat_interval)
                 self.heartbeats_sent += 1
@@ -229,6 +284,10 @@ class Service:
                 wait_s = min(wait_s, mirror.seconds_until_flush(now))
                 if mirror_stats_limiter.allow():
                     mirror.receive_stats()
+                    self._recent_publish_rate = (publisher.published - published_at_last_rate) / (
+                        max(now - last_rate_at, 1e-3)
+                    )
+                    published_at_last_rate, last_rate_at = publisher.published, now
             ready = dict(poller.poll(math.ceil(wait_s * 1000) if wait_s > 0 else 0))
             if self._pull is not None and self._pull in ready:
                 self._drain_ingest(INGEST_FRAMES_PER_PASS)
@@ -278,7 +337,10 @@ class Service:
             rep.send(reply)
             if marker_frame is not None:
                 send_frame(marker_frame)
-            self.sync_seconds_total += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.sync_seconds_total += elapsed
+            if self.metrics is not None:
+                self.metrics.handshake_seconds.observe(elapsed)
 
     def _read_monitor(self) -> None:
         while True:
@@ -296,6 +358,7 @@ class Service:
     def _drain_ingest(self, max_frames: int) -> None:
         pull, publisher, decode = self._pull, self.publisher, self.decoder.decode
         mirror, monotonic = self.mirror, time.monotonic
+        metrics, perf_counter = self.metrics, time.perf_counter
         recv = pull.recv
         sent = 0
         for _ in range(max_frames):
@@ -303,12 +366,17 @@ class Service:
                 frame = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            batch_started = perf_counter()
             ticks = decode(frame)
             if ticks:
                 sent += publisher.publish(ticks)
+                if metrics is not None:
+                    metrics.publish_latency_seconds.observe(perf_counter() - batch_started)
                 if mirror is not None:
                     mirror.flush_if_due(monotonic())
         self.ingested_by_source["ingest"] += sent
+        if sent:
+            self.last_publish_unix_s = time.time()
 
     def _shutdown(self) -> None:
         # Stop ingest but publish what had already arrived, then let the PUB socket linger.
@@ -345,6 +413,9 @@ class Service:
         """Close the sockets (the PUB socket waits up to publisher.linger_ms) and the context."""
         if self.mirror is not None:
             self.mirror.close(timeout_s=0.0)  # no-op after the shutdown's own close
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         for socket_name in ("_rep", "_monitor"):
             socket = getattr(self, socket_name)
             if socket is not None:

@@ -415,6 +415,7 @@ def publisher_command(
         f"publisher.endpoints=[{endpoint}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "metrics.port=0",
         "synthetic.enabled=true",
         "synthetic.rate=0",
         f"synthetic.symbols={options.symbols}",

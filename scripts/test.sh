@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
+# promtool checks the Prometheus exposition in the tests (Debian package prometheus).
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "test: installing promtool (Debian package prometheus)" >&2
+    sudo_if_needed=""
+    if [ "$(id -u)" != 0 ]; then sudo_if_needed="sudo"; fi
+    $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >&2 \
+        || { $sudo_if_needed apt-get update -q >&2 && $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >&2; }
+fi
 # shellcheck source=/dev/null
 . .venv/bin/activate
 echo "test: ruff" >&2

@@ -109,6 +109,7 @@ def serve_settings(publish_endpoints: list[str], *extra: str) -> list[str]:
         f"publisher.endpoints=[{', '.join(publish_endpoints)}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "metrics.port=0",
         "kafka.enabled=false",
         "publisher.heartbeat_interval_s=0.1",
         *extra,

@@ -251,7 +251,7 @@ def test_sigterm_publishes_what_was_accepted_and_exits_0(
 
 
 def test_bad_config_exits_2_with_one_line_naming_the_key(serve: Serve) -> None:
-    process = serve("synthetic.rate=-1", "ingest.endpoint=")
+    process = serve("synthetic.rate=-1", "ingest.endpoint=", "metrics.port=0")
     assert process.popen.wait(timeout=30) == 2
     lines = process.log.strip().splitlines()
     assert lines == ["feedsvc: config error: synthetic.rate: must be >= 0.0, got -1"]

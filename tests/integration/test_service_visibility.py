@@ -32,6 +32,7 @@ def test_subscriber_count_follows_connects_and_disconnects(
         [
             f"publisher.endpoints=[{ipc_endpoint}, {tcp_endpoint}]",
             "ingest.endpoint=",
+            "metrics.port=0",
             f"sync.endpoint={sync_endpoint}",
             "kafka.enabled=false",
             "synthetic.rate=1000",

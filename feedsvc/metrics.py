@@ -1,0 +1,264 @@
+"""Prometheus metrics and /healthz for `feedsvc serve`, on `metrics.port`.
+
+The hot path keeps plain integer counters on its own objects (publisher, decoder, mirror hand-off,
+sync handler); a custom collector reads them when Prometheus scrapes. So publishing a tick costs
+no metrics call at all, and the names and help texts live in this one module.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+if TYPE_CHECKING:
+    from feedsvc.service import Service
+
+# The service loop passes at least every 0.1 s; this much silence means it cannot publish.
+LOOP_STALL_S: Final = 5.0
+HANDSHAKE_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
+PUBLISH_LATENCY_BUCKETS: Final = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.1,
+)
+
+
+class ServiceCollector:
+    """Reads the service's own counters at scrape time."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def describe(self) -> list[Metric]:
+        return []  # collected lazily; the registry must not call collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        service = self._service
+        publisher = service.publisher
+
+        ingested = CounterMetricFamily(
+            "feedsvc_ticks_ingested", "Valid ticks taken in, by source.", labels=["source"]
+        )
+        for source, count in service.ingested_by_source.items():
+            ingested.add_metric([source], count)
+        yield ingested
+
+        rejected = CounterMetricFamily(
+            "feedsvc_ticks_rejected", "Ingest ticks rejected, by reason.", labels=["reason"]
+        )
+        for reason, count in service.rejected_by_reason.items():
+            rejected.add_metric([reason], count)
+        yield rejected
+
+        yield CounterMetricFamily(
+            "feedsvc_ticks_published",
+            "Ticks sent on the PUB socket.",
+            value=publisher.published if publisher else 0,
+        )
+        yield CounterMetricFamily(
+            "feedsvc_published_bytes",
+            "Bytes of tick frames sent on the PUB socket.",
+            value=publisher.published_bytes if publisher else 0,
+        )
+        yield CounterMetricFamily(
+            "feedsvc_heartbeats_sent", "Heartbeats sent on _hb.", value=service.heartbeats_sent
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_symbols",
+            "Distinct symbols published this epoch.",
+            value=publisher.symbol_count if publisher else 0,
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_subscribers_connected",
+            "Connections to the PUB socket (from its monitor events).",
+            value=service.subscribers_connected,
+        )
+        yield CounterMetricFamily(
+            "feedsvc_subscriber_handshake_failures",
+            "ZMTP handshakes with would-be subscribers that failed.",
+            value=service.subscriber_handshake_failures,
+        )
+        # An info label, not a value: a float64 sample cannot hold a 19-digit epoch exactly.
+        yield InfoMetricFamily(
+            "feedsvc",
+            "This run's epoch (ns since the Unix epoch at start).",
+            value={"epoch": str(service.epoch)},
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_last_publish_timestamp_seconds",
+            "Unix time of the last tick published (0 before the first).",
+            value=service.last_publish_unix_s,
+        )
+        yield from self._collect_sync()
+        yield from self._collect_mirror()
+
+    def _collect_sync(self) -> Iterator[Metric]:
+        sync = self._service.sync
+        yield CounterMetricFamily(
+            "feedsvc_sync_snapshots_served",
+            "Sync snapshot requests answered.",
+            value=sync.snapshots_served if sync else 0,
+        )
+        yield CounterMetricFamily(
+            "feedsvc_sync_handshakes_completed",
+            "Distinct clients that completed the sync handshake (sent ready).",
+            value=sync.completed_handshakes if sync else 0,
+        )
+        rejected = CounterMetricFamily(
+            "feedsvc_sync_requests_rejected",
+            "Sync requests answered with an error, by reason.",
+            labels=["reason"],
+        )
+        if sync is not None:
+            for reason, count in sync.rejected_by_reason.items():
+                rejected.add_metric([reason], count)
+        yield rejected
+
+    def _collect_mirror(self) -> Iterator[Metric]:
+        mirror = self._service.mirror
+        stats = mirror.stats if mirror is not None else None
+        for name, help_text, attribute in (
+            ("feedsvc_mirror_produced", "Ticks accepted by the Kafka producer.", "produced"),
+            (
+                "feedsvc_mirror_delivered",
+                "Ticks acknowledged by Kafka (acks=all).",
+                "delivered",
+            ),
+            ("feedsvc_mirror_failed", "Ticks Kafka reported as failed.", "failed"),
+            (
+                "feedsvc_mirror_dropped",
+                "Ticks dropped before Kafka: the hand-off queue was full.",
+                "dropped",
+            ),
+        ):
+            yield CounterMetricFamily(
+                name, help_text, value=getattr(stats, attribute) if stats else 0
+            )
+        backlog = mirror.backlog if mirror is not None else 0
+        yield GaugeMetricFamily(
+            "feedsvc_mirror_queue_ticks",
+            "Ticks published but not yet acknowledged by Kafka (hand-off + producer queue).",
+            value=backlog,
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_mirror_lag_seconds",
+            "Estimated seconds the Kafka mirror is behind: queue / recent publish rate.",
+            value=self._service.mirror_lag_seconds(),
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_mirror_connected",
+            "1 while the Kafka broker answers the mirror, else 0.",
+            value=1 if stats is not None and stats.broker_up else 0,
+        )
+
+
+class MetricsServer:
+    """/metrics (Prometheus text format) and /healthz (JSON) on one port, in a daemon thread."""
+
+    def __init__(self, service: Service, port: int, host: str = "127.0.0.1") -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(ServiceCollector(service))
+        self.handshake_seconds = Histogram(
+            "feedsvc_sync_handshake_seconds",
+            "Time to answer one sync request (snapshot and marker).",
+            buckets=HANDSHAKE_BUCKETS,
+            registry=self.registry,
+        )
+        self.publish_latency_seconds = Histogram(
+            "feedsvc_publish_latency_seconds",
+            "Ingest to send, per batch: from taking a batch in to sending its last tick.",
+            buckets=PUBLISH_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._service = service
+        handler = _handler_class(self.registry, service.health)
+        self._server = http.server.ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="feedsvc-metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler_class(
+    registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]]
+) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            elif path == "/healthz":
+                healthy, body = health()
+                self._send(200 if healthy else 503, "application/json", orjson.dumps(body))
+            else:
+                self._send(404, "text/plain", b"try /metrics or /healthz\n")
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # one log line per scrape would flood the log
+
+    return Handler
+
+
+def health_body(
+    *,
+    healthy: bool,
+    reason: str | None,
+    epoch: int,
+    endpoints: list[str],
+    mirror_enabled: bool,
+    mirror_connected: bool,
+    last_publish_unix_s: float,
+) -> dict[str, Any]:
+    """The /healthz JSON document."""
+    return {
+        "status": "ok" if healthy else "unavailable",
+        "reason": reason,
+        "epoch": epoch,
+        "sockets_bound": endpoints,
+        "mirror": {"enabled": mirror_enabled, "connected": mirror_connected},
+        "last_tick_unix_s": last_publish_unix_s or None,
+        "checked_unix_s": time.time(),
+    }
