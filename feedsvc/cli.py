@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"feedsvc: config error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.format)
     service = Service(config, wait_subscribers=args.wait_subscribers)
     try:
         service.start()

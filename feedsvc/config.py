@@ -128,8 +128,10 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    # Prometheus /metrics and /healthz on 127.0.0.1:port; 0 = no metrics server.
+    # Prometheus /metrics and /healthz on host:port; 0 = no metrics server.
     port: int = _setting(9108, minimum=0, maximum=65_535)
+    # 0.0.0.0 to be scraped from other hosts or containers.
+    host: str = _setting("127.0.0.1", check=lambda value: None if value else "must not be empty")
 
 
 def _check_producer_settings(settings: dict[str, Any]) -> str | None:
@@ -173,6 +175,10 @@ class KafkaConfig:
 @dataclass(frozen=True)
 class LogConfig:
     level: str = _setting("INFO", check=_check_log_level)
+    # text: one readable line per event; json: one JSON object per line (for log shippers).
+    format: str = _setting(
+        "text", check=lambda value: None if value in ("text", "json") else "must be text or json"
+    )
 
 
 @dataclass(frozen=True)

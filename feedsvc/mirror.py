@@ -30,7 +30,7 @@ from typing import Any, Final
 import orjson
 import zmq
 
-from feedsvc.config import KafkaConfig
+from feedsvc.config import KafkaConfig, LogConfig
 from feedsvc.logs import RateLimiter, setup_logging
 
 log = logging.getLogger("feedsvc.mirror")
@@ -106,7 +106,7 @@ class MirrorHandoff:
         self,
         context: zmq.Context,
         config: KafkaConfig,
-        log_level: str,
+        log_config: LogConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -129,7 +129,7 @@ class MirrorHandoff:
         spawn = multiprocessing.get_context("spawn")
         self._process = spawn.Process(
             target=run_mirror_process,
-            args=(config, log_level, handoff_endpoint, stats_endpoint),
+            args=(config, log_config, handoff_endpoint, stats_endpoint),
             name="feedsvc-mirror",
             daemon=True,
         )
@@ -396,10 +396,10 @@ class _MirrorProducer:
 
 
 def run_mirror_process(
-    config: KafkaConfig, log_level: str, handoff_endpoint: str, stats_endpoint: str
+    config: KafkaConfig, log_config: LogConfig, handoff_endpoint: str, stats_endpoint: str
 ) -> None:
     """Entry point of the mirror process (spawned by MirrorHandoff)."""
-    setup_logging(log_level)
+    setup_logging(log_config.level, log_config.format)
     # SIGINT goes to the whole process group; the service decides when the mirror stops.
     import signal
 

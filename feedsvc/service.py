@@ -142,7 +142,7 @@ class Service:
             self.close()
             raise
         if self.config.kafka.enabled:
-            self.mirror = MirrorHandoff(self._context, self.config.kafka, self.config.log.level)
+            self.mirror = MirrorHandoff(self._context, self.config.kafka, self.config.log)
             self.mirror.start()
         self.publisher = Publisher(
             # The backend's send skips the Python-level checks of zmq.Socket.send (for Frames,
@@ -160,12 +160,14 @@ class Service:
         )
         if self.config.metrics.port:
             try:
-                self.metrics = MetricsServer(self, self.config.metrics.port)
+                self.metrics = MetricsServer(
+                    self, self.config.metrics.port, self.config.metrics.host
+                )
             except OSError as error:
                 self.close()
                 raise StartupError(
-                    f"metrics.port: cannot listen on 127.0.0.1:{self.config.metrics.port}: "
-                    f"{error.strerror}"
+                    f"metrics.port: cannot listen on {self.config.metrics.host}:"
+                    f"{self.config.metrics.port}: {error.strerror or error}"
                 ) from None
             self.metrics.start()
         log.info(
