@@ -27,6 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from feedsvc.client import DEFAULT_SYNC_TIMEOUT_S, Subscriber, SyncError
+from feedsvc.client_metrics import SubscriberMetrics
 from feedsvc.ticks import Tick
 
 DEFAULT_ENDPOINT: Final = "ipc:///tmp/feedsvc/ticks"
@@ -43,6 +44,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
     return value
 
 
@@ -104,6 +112,14 @@ def add_subscribe_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="wait per handshake step and attempt (default: %(default)s)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=0,
+        metavar="PORT",
+        help="serve this subscriber's Prometheus metrics on 127.0.0.1:PORT/metrics while it "
+        "runs (default: 0, off)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -118,6 +134,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         conflate=args.conflate,
         sync_endpoint=args.sync_endpoint,
         sync_timeout_s=args.sync_timeout,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -177,13 +194,16 @@ def run_subscribe(
     conflate: bool = False,
     sync_endpoint: str | None = None,
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S,
+    metrics_port: int = 0,
 ) -> int:
     """Subscribe and print ticks until `count` ticks, `duration_s` seconds or SIGINT/SIGTERM.
 
     With `sync_endpoint` the sync handshake runs first and the snapshot's ticks come first.
+    With `metrics_port` (not 0) the subscriber's Prometheus metrics are served on
+    127.0.0.1:`metrics_port` while it runs.
 
     Returns the exit code: 0 when stopped by a limit or a signal, 1 when the sync handshake
-    failed, 2 for unusable arguments.
+    failed, 2 for unusable arguments (or a metrics port that cannot be bound).
     """
     try:
         subscriber = Subscriber(
@@ -199,7 +219,17 @@ def run_subscribe(
         return EXIT_USAGE
     stop = _StopFlag()
     started_at = time.monotonic()
-    with subscriber, _stop_on_signals(stop):
+    metrics: SubscriberMetrics | None = None
+    with subscriber, _stop_on_signals(stop), contextlib.ExitStack() as cleanup:
+        if metrics_port:
+            metrics = SubscriberMetrics(subscriber)
+            try:
+                metrics.serve(metrics_port)
+            except OSError as error:
+                print(f"feedsvc subscribe: metrics port {metrics_port}: {error}", file=sys.stderr)
+                return EXIT_USAGE
+            cleanup.callback(metrics.close)
+        observe = metrics.observe if metrics is not None else None
         try:
             with stop.interrupting():
                 subscriber.sync()
@@ -210,9 +240,9 @@ def run_subscribe(
             return EXIT_SYNC_FAILED
         deadline = None if duration_s is None else started_at + duration_s
         if as_json:
-            _print_json_lines(subscriber, stop, count, deadline)
+            _print_json_lines(subscriber, stop, count, deadline, observe)
         else:
-            _show_table(subscriber, stop, count, deadline)
+            _show_table(subscriber, stop, count, deadline, observe)
     summary = {**subscriber.stats.summary(), "duration_s": round(time.monotonic() - started_at, 3)}
     if as_json:
         sys.stderr.write(orjson.dumps(summary).decode() + "\n")
@@ -229,9 +259,20 @@ def _receive(
     deadline: float | None,
     on_tick: Callable[[Tick], object],
     on_idle: Callable[[float], object],
+    observe: Callable[[Tick], object] | None = None,
 ) -> None:
-    """The receive loop: ticks to `on_tick`, `on_idle(now)` between them, until a limit or stop."""
+    """The receive loop: ticks to `on_tick`, `on_idle(now)` between them, until a limit or stop.
+
+    With `observe` (the metrics' tick-age histogram) every tick goes to it first.
+    """
     recv, monotonic = subscriber.recv, time.monotonic
+    if observe is not None:
+        handle = on_tick
+
+        def on_tick(tick: Tick) -> None:
+            observe(tick)
+            handle(tick)
+
     remaining = count
     while not stop.stopped:
         tick = recv(RECV_TIMEOUT_S)
@@ -248,7 +289,11 @@ def _receive(
 
 
 def _print_json_lines(
-    subscriber: Subscriber, stop: _StopFlag, count: int | None, deadline: float | None
+    subscriber: Subscriber,
+    stop: _StopFlag,
+    count: int | None,
+    deadline: float | None,
+    observe: Callable[[Tick], object] | None = None,
 ) -> None:
     stdout: BinaryIO = sys.stdout.buffer
     dumps, write = orjson.dumps, stdout.write
@@ -264,7 +309,7 @@ def _print_json_lines(
             flushed_at = now
 
     try:
-        _receive(subscriber, stop, count, deadline, write_tick, flush_now_and_then)
+        _receive(subscriber, stop, count, deadline, write_tick, flush_now_and_then, observe)
         stdout.flush()
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, and keep Python's exit-time flush
@@ -318,7 +363,11 @@ class _LiveView:
 
 
 def _show_table(
-    subscriber: Subscriber, stop: _StopFlag, count: int | None, deadline: float | None
+    subscriber: Subscriber,
+    stop: _StopFlag,
+    count: int | None,
+    deadline: float | None,
+    observe: Callable[[Tick], object] | None = None,
 ) -> None:
     console = Console()
     # Title, header, borders and caption take about 8 lines.
@@ -339,7 +388,7 @@ def _show_table(
                 live.update(view.table(), refresh=True)
                 refreshed_at = now
 
-        _receive(subscriber, stop, count, deadline, remember, refresh_now_and_then)
+        _receive(subscriber, stop, count, deadline, remember, refresh_now_and_then, observe)
         view.update_rate(time.monotonic())
         live.update(view.table(), refresh=True)
 
