@@ -118,11 +118,11 @@ class SubscriberMetrics:
         if type(ts) is int:
             self._tick_age_child.observe((time.time_ns() - ts) / _NS_PER_S)
 
-    def serve(self, port: int) -> WSGIServer:
-        """Serve /metrics of this registry on 127.0.0.1:`port` (0: any free port) in a daemon
+    def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer:
+        """Serve /metrics of this registry on `host`:`port` (0: any free port) in a daemon
         thread; returns the server (its port is ``server.server_port``). Raises OSError when the
         port cannot be bound."""
-        server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._server = server
         return server
 

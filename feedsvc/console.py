@@ -117,8 +117,15 @@ def add_subscribe_arguments(parser: argparse.ArgumentParser) -> None:
         type=_port,
         default=0,
         metavar="PORT",
-        help="serve this subscriber's Prometheus metrics on 127.0.0.1:PORT/metrics while it "
+        help="serve this subscriber's Prometheus metrics on HOST:PORT/metrics while it "
         "runs (default: 0, off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address of the metrics server; 0.0.0.0 to be scraped from elsewhere "
+        "(default: %(default)s)",
     )
 
 
@@ -135,6 +142,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         sync_endpoint=args.sync_endpoint,
         sync_timeout_s=args.sync_timeout,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 
@@ -195,12 +203,13 @@ def run_subscribe(
     sync_endpoint: str | None = None,
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S,
     metrics_port: int = 0,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
     """Subscribe and print ticks until `count` ticks, `duration_s` seconds or SIGINT/SIGTERM.
 
     With `sync_endpoint` the sync handshake runs first and the snapshot's ticks come first.
     With `metrics_port` (not 0) the subscriber's Prometheus metrics are served on
-    127.0.0.1:`metrics_port` while it runs.
+    `metrics_host`:`metrics_port` while it runs.
 
     Returns the exit code: 0 when stopped by a limit or a signal, 1 when the sync handshake
     failed, 2 for unusable arguments (or a metrics port that cannot be bound).
@@ -224,7 +233,7 @@ def run_subscribe(
         if metrics_port:
             metrics = SubscriberMetrics(subscriber)
             try:
-                metrics.serve(metrics_port)
+                metrics.serve(metrics_port, metrics_host)
             except OSError as error:
                 print(f"feedsvc subscribe: metrics port {metrics_port}: {error}", file=sys.stderr)
                 return EXIT_USAGE
