@@ -416,6 +416,11 @@ def measure_run(
     start, end = result["window_start"], result["window_end"]
     result.update(label=plan.label, mirror=plan.mirror, rate=plan.rate, topic=topic)
     result["published_per_s"] = result["sent_per_s"] or result["received_per_s"]
+    serve_cores = result["publisher_cpu_cores"]
+    # The hot path's own cost per tick, whatever share of the 2 cores it got.
+    result["published_per_serve_cpu_s"] = (
+        result["published_per_s"] / serve_cores if serve_cores else None
+    )
     result["serve_cpu_cores_sampled"] = monitor.cores("serve", start, end)
     result["mirror_cpu_cores"] = monitor.cores("mirror", start, end) if plan.mirror else 0.0
     result["broker_cpu_cores"] = monitor.cores("broker", start, end)
@@ -780,6 +785,7 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "acked_per_s_peak",
         "acked_fraction",
         "flush_s",
+        "published_per_serve_cpu_s",
         "publisher_cpu_cores",
         "mirror_cpu_cores",
         "broker_cpu_cores",
@@ -832,6 +838,18 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
     off, on = summary["max-off"], summary["max-on"]
     ratio = on["published_per_s_median"] / off["published_per_s_median"]
     received_ratio = on["received_per_s_median"] / off["received_per_s_median"]
+    efficiency_ratio = None
+    if on["published_per_serve_cpu_s_median"] and off["published_per_serve_cpu_s_median"]:
+        efficiency_ratio = (
+            on["published_per_serve_cpu_s_median"] / off["published_per_serve_cpu_s_median"]
+        )
+    busy_by_label = {
+        label: sum(
+            summary[label][f"{name}_cpu_cores_median"] or 0.0
+            for name in ("publisher", "mirror", "broker", "subscriber", "foreign")
+        )
+        for label in ("max-off", "max-on")
+    }
     pair_ratios = [
         run_on["published_per_s"] / run_off["published_per_s"]
         for run_off, run_on in zip(by_label["max-off"], by_label["max-on"], strict=True)
@@ -856,6 +874,15 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
         f"  per adjacent pair: {' '.join(f'{value:.3f}' for value in pair_ratios)}; "
         f"received/s ratio {received_ratio:.3f}"
     )
+    if efficiency_ratio is not None:
+        print(
+            f"  published per serve CPU-second: OFF "
+            f"{_rate(off['published_per_serve_cpu_s_median'])}, ON "
+            f"{_rate(on['published_per_serve_cpu_s_median'])} (ratio {efficiency_ratio:.3f}: "
+            f"the hand-off's own cost on the hot path); cores busy in all: OFF "
+            f"{busy_by_label['max-off']:.2f}, ON {busy_by_label['max-on']:.2f} of "
+            f"{os.cpu_count()}"
+        )
     for run in by_label["max-on"]:
         print(
             f"  ON run {run['run'] // 2 + 1}: {run.get('mirror_line')}; "
@@ -895,12 +922,22 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
         "ratio_published": ratio,
         "ratio_published_per_pair": pair_ratios,
         "ratio_received": received_ratio,
+        "ratio_published_per_serve_cpu_s": efficiency_ratio,
+        "cores_busy": busy_by_label,
         "target_ratio": TARGET_RATIO,
         "verdict": verdict,
         "paced_keeps_up": keeps_up,
         "paced_verdict": keeps_up_verdict,
         "runs": runs,
     }
+
+
+def _backlog_left(ticks: int) -> str:
+    # The backlog is counted from the subscriber and the watermarks, both sampled: a few
+    # thousand ticks either way are noise, not ticks left behind.
+    if abs(ticks) <= DRAINED_SHRINK_FRACTION * PACED_RATE:
+        return f"~0: {ticks:,} ticks"
+    return f"{ticks:,} ticks never acknowledged"
 
 
 def report_outage(options: argparse.Namespace, outage: dict[str, Any]) -> None:
@@ -938,7 +975,7 @@ def report_outage(options: argparse.Namespace, outage: dict[str, Any]) -> None:
             "not within the window"
             if drain is None
             else f"{drain:.1f} s after the broker answered (then the backlog stopped shrinking, "
-            f"at {outage['backlog_left_when_drained']:,} ticks); peak acked/s "
+            f"at {_backlog_left(outage['backlog_left_when_drained'])}); peak acked/s "
             f"{_rate(outage.get('acked_per_s_peak_after_restart'))}",
         ),
         (
