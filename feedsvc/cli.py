@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from feedsvc import console, replay
+from feedsvc import console, loadtest, replay
 from feedsvc.config import ConfigError, load_config
 from feedsvc.logs import setup_logging
 from feedsvc.service import Service, StartupError
@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_replay_arguments(replay_parser)
     replay_parser.set_defaults(handler=replay.run_from_args)
+
+    loadtest_parser = commands.add_parser(
+        "loadtest", help="run the service under synthetic load and measure it (vs raw pyzmq)"
+    )
+    loadtest.add_loadtest_arguments(loadtest_parser)
+    loadtest_parser.set_defaults(handler=loadtest.run_from_args)
     return parser
 
 

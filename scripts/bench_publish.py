@@ -57,6 +57,8 @@ from typing import Any
 import orjson
 import zmq
 
+from feedsvc.loadtest import process_cpu_seconds
+
 TARGET_RATIO = 0.5
 FRAME_BYTES = 100
 COUNTER_DIGITS = 10
@@ -117,16 +119,6 @@ def feedsvc_position(frame: bytes) -> tuple[str, int] | None:
     if topic[:1] == b"_":
         return None
     return topic.decode(), orjson.loads(payload)["seq"]
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds of a process (all its threads), from /proc; None if unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_cpu_seconds() -> tuple[float, float] | None:
