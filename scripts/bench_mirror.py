@@ -871,8 +871,8 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
     print_table([("mirror OFF", off), ("mirror ON", on)])
     print(f"ratio mirror ON/OFF (published/s): {ratio:.3f}   target >= {TARGET_RATIO}   {verdict}")
     print(
-        f"  per adjacent pair: {' '.join(f'{value:.3f}' for value in pair_ratios)}; "
-        f"received/s ratio {received_ratio:.3f}"
+        f"  per adjacent pair: {' '.join(f'{value:.3f}' for value in pair_ratios)} "
+        f"(median {statistics.median(pair_ratios):.3f}); received/s ratio {received_ratio:.3f}"
     )
     if efficiency_ratio is not None:
         print(
