@@ -116,6 +116,20 @@ def serve_settings(publish_endpoints: list[str], *extra: str) -> list[str]:
     ]
 
 
+def subscribed_probe(
+    context: zmq.Context, endpoint: str, process: ServeProcess, *prefixes: bytes
+) -> zmq.Socket:
+    """A SUB socket subscribed to `prefixes`, returned once its first message arrived: the
+    service is up and the subscription has propagated."""
+    probe = context.socket(zmq.SUB)
+    probe.setsockopt(zmq.LINGER, 0)
+    for prefix in prefixes:
+        probe.setsockopt(zmq.SUBSCRIBE, prefix)
+    probe.connect(endpoint)
+    wait_for_first_message(probe, process)
+    return probe
+
+
 def wait_for_first_message(
     subscriber: zmq.Socket, process: ServeProcess, timeout_s: float = 20.0
 ) -> bytes:

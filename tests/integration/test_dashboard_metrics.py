@@ -10,7 +10,7 @@ from collections.abc import Callable
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServeProcess, free_tcp_port, wait_for_first_message
+from tests.conftest import ServeProcess, free_tcp_port, subscribed_probe, wait_for_first_message
 from tests.integration.test_metrics import _get, _samples, _settings
 from tests.unit.test_dashboard import queried_metrics
 
@@ -52,10 +52,7 @@ def test_every_client_metric_the_dashboard_queries_is_scraped(
     serve: Serve, ipc_endpoint: str, zmq_context: zmq.Context
 ) -> None:
     process = serve(*_settings(ipc_endpoint, free_tcp_port(), "synthetic.rate=500"))
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.SUBSCRIBE, b"")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"")
     port = free_tcp_port()
     client = subprocess.Popen(
         [

@@ -15,7 +15,12 @@ import orjson
 import zmq
 
 from feedsvc.client import Subscriber
-from tests.conftest import ServeProcess, free_tcp_port, serve_settings, wait_for_first_message
+from tests.conftest import (
+    ServeProcess,
+    free_tcp_port,
+    serve_settings,
+    subscribed_probe,
+)
 
 Serve = Callable[..., ServeProcess]
 
@@ -90,10 +95,7 @@ def test_joining_at_full_speed_misses_nothing_from_the_snapshot_on(
         *serve_settings([ipc_endpoint], "synthetic.rate=20000", "synthetic.symbols=50"),
         f"sync.endpoint={sync_endpoint}",
     )
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
     time.sleep(0.5)  # the feed runs: the snapshot is mid-stream
     for _ in range(3):  # several joins while the feed runs
         sub, reply, before_marker = _handshake(zmq_context, ipc_endpoint, sync_endpoint, None)
@@ -123,11 +125,7 @@ def test_rare_symbol_has_a_snapshot_value(
         f"sync.endpoint={sync_endpoint}",
         f"ingest.endpoint={ingest_endpoint}",
     )
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.SUBSCRIBE, b"RARE ")
-    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
+    probe = subscribed_probe(zmq_context, ipc_endpoint, process, b"RARE ", b"_hb ")
     probe.setsockopt(zmq.UNSUBSCRIBE, b"_hb ")
     quiet_until = time.monotonic() + 0.5
     while time.monotonic() < quiet_until:
@@ -156,10 +154,7 @@ def test_bad_requests_get_error_replies_and_the_socket_stays_usable(
         "sync.max_symbols_per_request=5",
         "sync.max_request_bytes=1024",
     )
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
     base = {"op": "snapshot", "client": "c", "marker": "m"}
     cases = [
         (b"\x00\xffgarbage", "not_json"),
@@ -189,10 +184,7 @@ def test_wait_subscribers_gives_each_client_seq_1_of_every_symbol(
         f"sync.endpoint={sync_endpoint}",
         extra_args=("--wait-subscribers", "2"),
     )
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.SUBSCRIBE, b"")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
+    probe = subscribed_probe(zmq_context, ipc_endpoint, process, b"")
     time.sleep(0.5)
     # Held: heartbeats only, no ticks.
     held_until = time.monotonic() + 1.0
@@ -224,10 +216,7 @@ def test_client_library_joins_a_running_service_without_gaps_or_duplicates(
         ),
         f"sync.endpoint={sync_endpoint}",
     )
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
     time.sleep(0.5)
     for endpoint in (ipc_endpoint, tcp_endpoint, ipc_endpoint, tcp_endpoint):
         symbols = ["SYN0003", "SYN0017", "SYN0042"]
@@ -256,10 +245,7 @@ def test_subscribe_cli_with_sync_prints_contiguous_seqs_from_the_snapshot(
         *serve_settings([ipc_endpoint], "synthetic.rate=20000", "synthetic.symbols=20"),
         f"sync.endpoint={sync_endpoint}",
     )
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
     time.sleep(0.5)
     result = subprocess.run(
         [
@@ -304,10 +290,7 @@ def test_many_clients_joining_at_once_each_get_contiguous_ticks(
         ),
         f"sync.endpoint={sync_endpoint}",
     )
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
     time.sleep(0.5)
     problems: list[str] = []
 
