@@ -10,7 +10,7 @@ from collections.abc import Callable
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServeProcess, free_tcp_port, subscribed_probe, wait_for_first_message
+from tests.conftest import ServeProcess, free_tcp_port, subscribed_probe
 from tests.integration.test_metrics import _get, _samples, _settings
 from tests.unit.test_dashboard import queried_metrics
 
@@ -36,10 +36,7 @@ def test_every_server_metric_the_dashboard_queries_is_scraped(
 ) -> None:
     port = free_tcp_port()
     process = serve(*_settings(ipc_endpoint, port, "synthetic.rate=500"))
-    subscriber = zmq_context.socket(zmq.SUB)
-    subscriber.setsockopt(zmq.SUBSCRIBE, b"")
-    subscriber.connect(ipc_endpoint)
-    wait_for_first_message(subscriber, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"")
     status, text = _get(port, "/metrics")
     assert status == 200
     server = {name for name in queried_metrics() if not name.startswith("feedsvc_client_")}

@@ -18,7 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from feedsvc.config import load_config
 from feedsvc.service import Service
-from tests.conftest import KafkaBroker, ServeProcess, free_tcp_port, wait_for_first_message
+from tests.conftest import (
+    KafkaBroker,
+    ServeProcess,
+    free_tcp_port,
+    subscribed_probe,
+)
 
 Serve = Callable[..., ServeProcess]
 
@@ -65,10 +70,8 @@ def test_scrape_moves_and_promtool_accepts_it(
 ) -> None:
     port = free_tcp_port()
     process = serve(*_settings(ipc_endpoint, port, "synthetic.rate=2000"))
-    subscriber = zmq_context.socket(zmq.SUB)
-    subscriber.setsockopt(zmq.SUBSCRIBE, b"")
-    subscriber.connect(ipc_endpoint)
-    wait_for_first_message(subscriber, process)
+    # Kept open: it is the one subscriber the scrape must count.
+    _subscriber = subscribed_probe(zmq_context, ipc_endpoint, process, b"")
     status, first = _get(port, "/metrics")
     assert status == 200
     time.sleep(1.0)
@@ -149,10 +152,7 @@ def test_metrics_report_every_published_tick_acknowledged_by_kafka(
         f"kafka.bootstrap={kafka_broker.bootstrap}",
         f"kafka.topic=metrics-{uuid.uuid4().hex[:8]}",
     )
-    subscriber = zmq_context.socket(zmq.SUB)
-    subscriber.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-    subscriber.connect(ipc_endpoint)
-    wait_for_first_message(subscriber, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
     push = zmq_context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 2000)
     push.connect(ingest_endpoint)

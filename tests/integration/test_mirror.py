@@ -20,6 +20,7 @@ from tests.conftest import (
     KafkaBroker,
     ServeProcess,
     free_tcp_port,
+    subscribed_probe,
     wait_for_first_message,
 )
 
@@ -143,11 +144,7 @@ def test_broker_late_then_down_then_back_loses_nothing(
         "kafka.flush_timeout_s=60",
     )
     try:
-        subscriber = zmq_context.socket(zmq.SUB)
-        subscriber.setsockopt(zmq.SUBSCRIBE, b"SYN0000 ")
-        subscriber.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-        subscriber.connect(ipc_endpoint)
-        wait_for_first_message(subscriber, process)
+        subscriber = subscribed_probe(zmq_context, ipc_endpoint, process, b"SYN0000 ", b"_hb ")
         time.sleep(2.0)
         assert "unreachable" in process.log, process.log
         # Subscribers are served while Kafka is away.
@@ -185,10 +182,7 @@ def test_shutdown_with_kafka_down_reports_what_was_not_delivered(
         "synthetic.rate=1000",
         "kafka.flush_timeout_s=1",
     )
-    subscriber = zmq_context.socket(zmq.SUB)
-    subscriber.setsockopt(zmq.SUBSCRIBE, b"")
-    subscriber.connect(ipc_endpoint)
-    wait_for_first_message(subscriber, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"")
     time.sleep(1.0)
     started = time.monotonic()
     assert process.terminate(timeout_s=30) == 0
@@ -241,10 +235,7 @@ def test_replay_verify_audits_what_the_service_mirrored(
         "synthetic.rate=5000",
         "synthetic.symbols=20",
     )
-    subscriber = zmq_context.socket(zmq.SUB)
-    subscriber.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-    subscriber.connect(ipc_endpoint)
-    wait_for_first_message(subscriber, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
     time.sleep(2.0)
     assert process.terminate() == 0
     published = published_count(process.log)
