@@ -5,14 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-# promtool checks the Prometheus exposition in the tests (Debian package prometheus).
-if ! command -v promtool >/dev/null 2>&1; then
-    echo "test: installing promtool (Debian package prometheus)" >&2
-    sudo_if_needed=""
+# Tools the tests run for real, from Debian: promtool checks the Prometheus exposition
+# (package prometheus); kcat reads the Kafka mirror as a client that is not ours.
+install_debian_package() {
+    local sudo_if_needed=""
     if [ "$(id -u)" != 0 ]; then sudo_if_needed="sudo"; fi
-    $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >&2 \
-        || { $sudo_if_needed apt-get update -q >&2 && $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >&2; }
-fi
+    echo "test: installing Debian package $1" >&2
+    $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$1" >&2 \
+        || { $sudo_if_needed apt-get update -q >&2 \
+            && $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$1" >&2; }
+}
+command -v promtool >/dev/null 2>&1 || install_debian_package prometheus
+command -v kcat >/dev/null 2>&1 || install_debian_package kcat
 # shellcheck source=/dev/null
 . .venv/bin/activate
 echo "test: ruff" >&2

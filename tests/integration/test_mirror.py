@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 import zmq
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -263,3 +265,34 @@ def test_replay_verify_audits_what_the_service_mirrored(
     summary = orjson.loads(replay.stderr.strip().splitlines()[-1])
     assert (summary["ticks"], summary["gaps"], summary["duplicates"]) == (published, 0, 0)
     assert summary["symbols"] == 20
+
+
+def test_a_kafka_client_that_is_not_ours_reads_the_wire_format(
+    serve: Serve, kafka_broker: KafkaBroker, ipc_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.fail("kcat not found: scripts/test.sh installs it (Debian package kcat)")
+    topic = f"kcat-{uuid.uuid4().hex[:8]}"
+    process = serve(
+        *mirror_settings(ipc_endpoint, kafka_broker.bootstrap, topic), "synthetic.rate=1000"
+    )
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
+    time.sleep(1.0)
+    assert process.terminate() == 0
+    published = published_count(process.log)
+    # -e: exit at the end of the topic; key and value separated by a tab, one message per line.
+    result = subprocess.run(
+        [kcat, "-b", kafka_broker.bootstrap, "-t", topic, "-C", "-e", "-q", "-f", "%k\t%s\n"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == published
+    for line in lines:
+        key, _, value = line.partition(b"\t")
+        tick = orjson.loads(value)
+        assert tick["sym"] == key.decode()
+        assert {"sym", "seq", "epoch", "ts", "bid", "ask", "bid_size", "ask_size"} <= set(tick)
