@@ -124,6 +124,26 @@ class SyntheticConfig:
     rate: float = _setting(1_000.0, minimum=0.0)
     # Random seed for reproducible walks; 0 = a new walk every start.
     seed: int = _setting(0, minimum=0)
+    # Market-open style spikes: burst_rate ticks/s for burst_duration_s out of every
+    # burst_every_s, windows starting at multiples of burst_every_s on the Unix clock;
+    # 0 = no bursts.
+    burst_rate: float = _setting(0.0, minimum=0.0)
+    burst_every_s: float = _setting(60.0, minimum=0.01, maximum=86_400)
+    burst_duration_s: float = _setting(5.0, minimum=0.001, maximum=86_400)
+
+    def __post_init__(self) -> None:
+        # Checks that span two keys; _build has checked each key on its own by now.
+        if self.burst_rate and self.burst_duration_s >= self.burst_every_s:
+            raise ConfigError(
+                "synthetic.burst_duration_s",
+                f"must be < synthetic.burst_every_s ({self.burst_every_s:g}), "
+                f"got {self.burst_duration_s:g}",
+            )
+        if self.burst_rate and self.rate <= 0:
+            raise ConfigError(
+                "synthetic.burst_rate",
+                "needs synthetic.rate > 0 (rate 0 is already as fast as possible)",
+            )
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import zmq
 import zmq.backend
 from zmq.utils.monitor import recv_monitor_message
 
-from feedsvc.config import Config
-from feedsvc.ingest import IngestDecoder, RatePacer, SyntheticFeed
+from feedsvc.config import Config, SyntheticConfig
+from feedsvc.ingest import BurstSchedule, IngestDecoder, RatePacer, SyntheticFeed
 from feedsvc.logs import RateLimiter
 from feedsvc.metrics import LOOP_STALL_S, MetricsServer, health_body
 from feedsvc.mirror import MirrorHandoff
@@ -70,6 +70,22 @@ def _bind(socket: zmq.Socket, key: str, endpoint: str) -> None:
         socket.bind(endpoint)
     except (zmq.ZMQError, OSError) as error:
         raise StartupError(f"{key}: cannot bind {endpoint}: {error}") from None
+
+
+def _synthetic_pacer(synthetic: SyntheticConfig, now: float) -> RatePacer:
+    """The synthetic feed's pacer, following the burst schedule when synthetic.burst_rate is set."""
+    bursts = None
+    if synthetic.burst_rate:
+        bursts = BurstSchedule(
+            synthetic.burst_rate, synthetic.burst_every_s, synthetic.burst_duration_s
+        )
+        log.info(
+            "synthetic bursts: %g ticks/s for %g s every %g s",
+            synthetic.burst_rate,
+            synthetic.burst_duration_s,
+            synthetic.burst_every_s,
+        )
+    return RatePacer(synthetic.rate, now, bursts=bursts, unix_offset_s=time.time() - now)
 
 
 class Service:
@@ -263,7 +279,7 @@ class Service:
                 released = True
                 log.info("%d subscribers synced; publishing", self.sync.completed_handshakes)
             if released and pacer is None and feed is not None:
-                pacer = RatePacer(synthetic.rate, now)
+                pacer = _synthetic_pacer(synthetic, now)
             if released and self._pull is not None and self._pull not in poller:
                 poller.register(self._pull, zmq.POLLIN)
             if pacer is not None:

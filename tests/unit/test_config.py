@@ -78,6 +78,9 @@ def test_override_wins_over_file(tmp_path: Path) -> None:
         ("synthetic=3", "synthetic", "mapping"),
         ("synthetic.rate", "synthetic.rate", "section.key=value"),
         ("synthetic.rate=[1", "synthetic.rate", "YAML"),
+        ("synthetic.burst_rate=-1", "synthetic.burst_rate", ">= 0"),
+        ("synthetic.burst_every_s=0", "synthetic.burst_every_s", ">= 0.01"),
+        ("synthetic.burst_duration_s=soon", "synthetic.burst_duration_s", "number"),
     ],
 )
 def test_wrong_value_names_the_key(override: str, key: str, words: str) -> None:
@@ -87,6 +90,45 @@ def test_wrong_value_names_the_key(override: str, key: str, words: str) -> None:
     assert message.startswith(f"{key}: ")
     assert words in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "words"),
+    [
+        (
+            [
+                "synthetic.burst_rate=5000",
+                "synthetic.burst_every_s=2",
+                "synthetic.burst_duration_s=2",
+            ],
+            "synthetic.burst_duration_s",
+            "< synthetic.burst_every_s (2)",
+        ),
+        (["synthetic.burst_rate=5000", "synthetic.rate=0"], "synthetic.burst_rate", "rate > 0"),
+    ],
+)
+def test_burst_keys_are_checked_together(overrides: list[str], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, overrides)
+    message = str(raised.value)
+    assert message.startswith(f"{key}: ")
+    assert words in message
+    assert "\n" not in message
+
+
+def test_burst_keys_accept_a_schedule() -> None:
+    config = load_config(
+        CONFIG_YAML,
+        ["synthetic.burst_rate=2e4", "synthetic.burst_every_s=5", "synthetic.burst_duration_s=1"],
+    )
+    synthetic = config.synthetic
+    assert (synthetic.burst_rate, synthetic.burst_every_s, synthetic.burst_duration_s) == (
+        20_000.0,
+        5.0,
+        1.0,
+    )
+    # Without a burst rate the other two keys are inert and not cross-checked.
+    assert load_config(None, ["synthetic.burst_duration_s=90"]).synthetic.burst_rate == 0.0
 
 
 def test_bad_file_is_one_line_naming_config(tmp_path: Path) -> None:
