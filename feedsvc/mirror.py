@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -406,6 +407,8 @@ def run_mirror_process(
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Before librdkafka starts its threads, so they inherit it (kafka.mirror_nice: the trade-off).
+    os.nice(config.mirror_nice)
     producer = _MirrorProducer(config)
     context = zmq.Context()
     pull = context.socket(zmq.PULL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -89,6 +90,21 @@ def assert_contiguous_from_one(payloads: list[bytes]) -> dict[str, int]:
     return {symbol: len(seen) for symbol, seen in seqs.items()}
 
 
+def mirror_process_pids(serve_pid: int) -> list[int]:
+    """The serve process's children started by multiprocessing's spawn (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        # The other child, multiprocessing's resource tracker, runs resource_tracker.main().
+        if int(fields[1]) == serve_pid and b"spawn_main" in command:
+            children.append(int(stat.parent.name))
+    return children
+
+
 def published_count(log: str) -> int:
     match = re.search(r"stopped: published (\d+) ticks", log)
     assert match, log
@@ -103,12 +119,17 @@ def test_every_published_tick_is_in_kafka_byte_for_byte(
         *mirror_settings(ipc_endpoint, kafka_broker.bootstrap, topic),
         "synthetic.rate=5000",
         "synthetic.symbols=10",
+        "kafka.mirror_nice=7",
     )
     subscriber = zmq_context.socket(zmq.SUB)
     subscriber.setsockopt(zmq.RCVHWM, 0)
     subscriber.setsockopt(zmq.SUBSCRIBE, b"")
     subscriber.connect(ipc_endpoint)
     wait_for_first_message(subscriber, process)
+    # The mirror process yields the CPU to the hot path; the service itself keeps its priority.
+    (mirror_pid,) = mirror_process_pids(process.popen.pid)
+    assert os.getpriority(os.PRIO_PROCESS, mirror_pid) == 7
+    assert os.getpriority(os.PRIO_PROCESS, process.popen.pid) == os.getpriority(os.PRIO_PROCESS, 0)
     broadcast: list[bytes] = []
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
