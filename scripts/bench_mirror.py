@@ -14,8 +14,10 @@ Part A, rate: the mirror must not slow the hot path much.
     window (sum of the topic's high watermarks, asked every second; with acks=all on one broker a
     high watermark counts acknowledged records), and at the end the service's own count from its
     shutdown line ``mirror: N of M published ticks acknowledged by Kafka`` with the time the final
-    flush took. The same is then measured at a paced 20,000 ticks/s, where the mirror must keep up
-    (acknowledged == published, a short final flush).
+    flush took. The same is then measured at a paced 50,000 ticks/s, where the mirror must keep up
+    (acknowledged == published, a short final flush) with a lag under 1 s: every half second the
+    service's own published count (its /metrics) is set against Kafka's high watermarks, and
+    lag = (published - acknowledged) / rate.
 Part B, outage: Kafka may go away without losing ticks or stalling the publisher.
     At 20,000 ticks/s with the mirror on, the broker is stopped a few seconds in, kept down for
     ``--outage`` seconds (default 60) and started again (its data is kept). The subscriber's
@@ -53,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -82,7 +85,12 @@ from feedsvc.replay import make_consumer
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = PROJECT_ROOT / "scripts" / "kafka.sh"
 TARGET_RATIO = 0.75
-PACED_RATE = 20_000
+# Part A's paced runs, where the mirror lag is measured (target: under LAG_TARGET_S).
+PACED_RATE = 50_000
+LAG_TARGET_S = 1.0
+# Part B's rate: the issue asks for 60 s of ticks at 20k ticks/s held through an outage.
+OUTAGE_RATE = 20_000
+PUBLISHED_POLL_INTERVAL_S = 0.25
 PARTITIONS = 6
 # A paced run keeps up when everything is acknowledged and the final flush is about this short.
 KEEPS_UP_FLUSH_S = 5.0
@@ -102,6 +110,7 @@ CPU_SAMPLE_INTERVAL_S = 0.5
 REPLAY_TIMEOUT_S = 900.0
 # Beyond kafka.flush_timeout_s, how long the service may take to exit after SIGTERM.
 EXIT_MARGIN_S = 60.0
+PUBLISHED_METRIC = re.compile(r"^feedsvc_ticks_published_total (\S+)$", re.MULTILINE)
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
 SIGTERM_LINE = re.compile(r"^(\S+ \S+) INFO feedsvc: received SIGTERM, stopping$", re.MULTILINE)
 MIRROR_LINE = re.compile(
@@ -320,6 +329,54 @@ class WatermarkPoller:
         return (asked_at + time.monotonic()) / 2, total
 
 
+class PublishedPoller:
+    """The service's published count over time, from its Prometheus endpoint
+    (``feedsvc_ticks_published_total``), every PUBLISHED_POLL_INTERVAL_S in a thread."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="published", daemon=True)
+
+    def __enter__(self) -> PublishedPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(PUBLISHED_POLL_INTERVAL_S):
+            asked_at = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=1.0) as response:
+                    text = response.read().decode()
+            except OSError:
+                continue  # not up yet, or stopping
+            found = PUBLISHED_METRIC.search(text)
+            if found is not None:
+                self.samples.append(((asked_at + time.monotonic()) / 2, int(float(found[1]))))
+
+
+def mirror_lags_s(
+    published: list[tuple[float, int]],
+    acknowledged: list[tuple[float, int]],
+    rate: float,
+    start: float,
+    end: float,
+) -> list[float]:
+    """Per high-watermark sample in [start, end]: (published then - acknowledged) / rate, in s."""
+    if len(published) < 2:
+        return []
+    return [
+        max(0.0, _count_at(published, at) - acked) / rate
+        for at, acked in acknowledged
+        if start <= at <= end and published[0][0] <= at <= published[-1][0]
+    ]
+
+
 def rate_between(samples: list[tuple[float, int]], start: float, end: float) -> float | None:
     """Mean growth per second of a sampled count between two times (None if not covered)."""
     if end <= start or len(samples) < 2 or samples[0][0] > start + 1.5:
@@ -403,7 +460,16 @@ def measure_run(
         settings += options.set
     monitor = RunMonitor(broker)
     poller = WatermarkPoller(broker.bootstrap, topic) if topic is not None else None
-    with poller if poller is not None else contextlib.nullcontext():
+    # The lag needs the service's own published count over time: its /metrics, on a free port.
+    published_poller = None
+    if topic is not None and plan.rate:
+        (metrics_port,) = free_tcp_ports(1)
+        settings += ["metrics.host=127.0.0.1", f"metrics.port={metrics_port}"]
+        published_poller = PublishedPoller(metrics_port)
+    with (
+        poller if poller is not None else contextlib.nullcontext(),
+        published_poller if published_poller is not None else contextlib.nullcontext(),
+    ):
         result = measure(
             "feedsvc",
             plan.run_index,
@@ -437,6 +503,11 @@ def measure_run(
             default=None,
         )
         result["watermark_samples"] = poller.samples
+        if published_poller is not None:
+            lags = mirror_lags_s(published_poller.samples, poller.samples, plan.rate, start, end)
+            result["lag_s_samples"] = lags
+            result["lag_s_median"] = statistics.median(lags) if lags else None
+            result["lag_s_max"] = max(lags) if lags else None
         log_text = run_log_path("feedsvc", plan.run_index, workdir).read_text(errors="replace")
         result.update(parse_mirror_shutdown(log_text))
         acked, published = result.get("acked"), result.get("published")
@@ -660,7 +731,7 @@ def analyse_outage(
     figures["backlog_peak"] = max(value for _, value in backlog)
     # Drained: the backlog stopped shrinking (acked/s back at the publish rate). What is left
     # then is never acknowledged: ticks lost on the way (the shutdown line says where).
-    shrink_per_s = DRAINED_SHRINK_FRACTION * PACED_RATE
+    shrink_per_s = DRAINED_SHRINK_FRACTION * OUTAGE_RATE
     after_restart = [(at, value) for at, value in backlog if at > down_until]
     drained = next(
         (
@@ -699,13 +770,13 @@ def run_outage_part(
     window_s = OUTAGE_AFTER_START_S + options.outage + restart_estimate_s + options.after
     run_options = argparse.Namespace(**{**vars(options), "duration": window_s, "warmup": 1.0})
     settings = [
-        f"synthetic.rate={PACED_RATE}",
+        f"synthetic.rate={OUTAGE_RATE}",
         *mirror_settings(broker.bootstrap, topic, options.flush_timeout),
         *options.set,
     ]
     monitor = RunMonitor(broker)
     progress(
-        f"outage run: {PACED_RATE:,} ticks/s to topic {topic}; broker down {options.outage:g} s "
+        f"outage run: {OUTAGE_RATE:,} ticks/s to topic {topic}; broker down {options.outage:g} s "
         f"about {OUTAGE_AFTER_START_S:g} s in; subscriber window {window_s:.0f} s, then SIGTERM "
         f"and the flush (up to {options.flush_timeout:g} s)"
     )
@@ -747,7 +818,7 @@ def run_outage_part(
         and replay_summary.get("gaps") == 0
         and replay_summary.get("duplicates") == 0
     )
-    kept_publishing = figures["published_per_s_during_outage"] >= NOT_STALLED_FRACTION * PACED_RATE
+    kept_publishing = figures["published_per_s_during_outage"] >= NOT_STALLED_FRACTION * OUTAGE_RATE
     return {
         "topic": topic,
         "run": result,
@@ -863,6 +934,8 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
         and paced_on["flush_s"] <= KEEPS_UP_FLUSH_S
     )
     keeps_up_verdict = "PASS" if keeps_up else "MISS"
+    lag_max = paced_on.get("lag_s_max")
+    lag_verdict = "PASS" if lag_max is not None and lag_max < LAG_TARGET_S else "MISS"
 
     print(
         f"Part A: publish rate, synthetic.rate=0 (as fast as possible), "
@@ -896,6 +969,14 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
         f"mirror keeps up at {PACED_RATE:,} ticks/s (acked == published, final flush <= "
         f"{KEEPS_UP_FLUSH_S:g} s): {keeps_up_verdict}"
     )
+    lag_median = paced_on.get("lag_s_median")
+    print(
+        f"mirror lag at {PACED_RATE:,} ticks/s ((published - acked) / rate, "
+        f"{len(paced_on.get('lag_s_samples', []))} samples over the window): median "
+        f"{'-' if lag_median is None else f'{lag_median:.2f}'} s, max "
+        f"{'-' if lag_max is None else f'{lag_max:.2f}'} s   target < {LAG_TARGET_S:g} s   "
+        f"{lag_verdict}"
+    )
     legend = (
         "published/s: ticks published in the window (per-symbol seq spans seen by the subscriber)",
         "received/s: ticks the subscriber got; dropped: (published - received) / published",
@@ -928,6 +1009,8 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
         "verdict": verdict,
         "paced_keeps_up": keeps_up,
         "paced_verdict": keeps_up_verdict,
+        "lag_s_max": lag_max,
+        "lag_verdict": lag_verdict,
         "runs": runs,
     }
 
@@ -935,7 +1018,7 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
 def _backlog_left(ticks: int) -> str:
     # The backlog is counted from the subscriber and the watermarks, both sampled: a few
     # thousand ticks either way are noise, not ticks left behind.
-    if abs(ticks) <= DRAINED_SHRINK_FRACTION * PACED_RATE:
+    if abs(ticks) <= DRAINED_SHRINK_FRACTION * OUTAGE_RATE:
         return f"~0: {ticks:,} ticks"
     return f"{ticks:,} ticks never acknowledged"
 
@@ -945,7 +1028,7 @@ def report_outage(options: argparse.Namespace, outage: dict[str, Any]) -> None:
     summary = replay["summary"] or {}
     run = outage["run"]
     print(
-        f"Part B: broker outage at {PACED_RATE:,} ticks/s, mirror ON "
+        f"Part B: broker outage at {OUTAGE_RATE:,} ticks/s, mirror ON "
         f"(kafka.flush_timeout_s={options.flush_timeout:g})"
     )
     drain = outage.get("drain_s")
@@ -968,7 +1051,7 @@ def report_outage(options: argparse.Namespace, outage: dict[str, Any]) -> None:
         (
             "peak mirror backlog",
             f"{outage.get('backlog_peak', 0):,} ticks "
-            f"(= {outage.get('backlog_peak', 0) / PACED_RATE:.1f} s of ticks; published - acked)",
+            f"(= {outage.get('backlog_peak', 0) / OUTAGE_RATE:.1f} s of ticks; published - acked)",
         ),
         (
             "drain after restart",
@@ -1001,7 +1084,7 @@ def report_outage(options: argparse.Namespace, outage: dict[str, Any]) -> None:
             )
         )
     print(
-        f"holds {options.outage:g} s at {PACED_RATE:,} ticks/s without loss "
+        f"holds {options.outage:g} s at {OUTAGE_RATE:,} ticks/s without loss "
         f"(every published tick acked and replayed, no gap, no duplicate; publisher kept "
         f">= {NOT_STALLED_FRACTION:.0%} of its rate): {outage['verdict']}"
     )
@@ -1062,7 +1145,7 @@ def plot_outage(outage: dict[str, Any], path: Path) -> None:
     backlog_axes.set_ylabel("ticks")
     backlog_axes.set_xlabel("seconds since the measurement window began")
     rates_axes.set_title(
-        f"feedsvc Kafka mirror at {PACED_RATE:,} ticks/s: broker stopped, kept down "
+        f"feedsvc Kafka mirror at {OUTAGE_RATE:,} ticks/s: broker stopped, kept down "
         f"{outage['kept_down_s']:.0f} s, unreachable {outage['down_s']:.0f} s in all"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
