@@ -68,10 +68,22 @@ def check_section(section: dict[str, Any]) -> None:
     assert slow["behind_at_stop"] > fast["behind_at_stop"]
 
 
+def check_over_time(section: dict[str, Any]) -> None:
+    # Duration 3 s: three whole measured seconds, each at the rate, as seen by the fast one.
+    rows = section["over_time"]
+    assert [row["t_s"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert abs(row["received_per_subscriber"] - RATE) <= 0.2 * RATE, row
+        assert 0 < row["p50"] <= row["p99"] <= row["p999"] <= row["max"], row
+    fast = section["subscribers"][0]
+    assert fast["received_by_second"] == [row["received"] for row in rows]
+
+
 def test_loadtest_report_with_baseline(tmp_path: Path) -> None:
     report = run_loadtest(tmp_path, "--baseline")
-    check_section(report["feedsvc"])
-    check_section(report["baseline"])
+    for kind in ("feedsvc", "baseline"):
+        check_section(report[kind])
+        check_over_time(report[kind])
     ratios = report["ratios"]
     assert ratios["publish_rate"] > 0 and ratios["p99"] > 0
     expected = report["feedsvc"]["publish_rate"] / report["baseline"]["publish_rate"]
@@ -88,27 +100,111 @@ def test_loadtest_mirror_acknowledges_every_published_tick(
     assert mirror["published"] == section["published_total"] > 0
     assert mirror["acknowledged"] == mirror["published"]
     assert "baseline" not in report
+    # The mirror over time, scraped from the service's metrics endpoint once a sample.
+    samples = section["publisher"]["samples"]
+    assert len(samples) >= 3
+    delivered = [sample["mirror_delivered_total"] for sample in samples]
+    assert None not in delivered
+    assert delivered == sorted(delivered) and 0 < delivered[-1] <= mirror["acknowledged"]
+    assert all(sample["mirror_lag_s"] is not None for sample in samples)
+    assert all(sample["mirror_queue_ticks"] >= 0 for sample in samples)
+    assert mirror["lag_s_max"] == max(sample["mirror_lag_s"] for sample in samples)
 
 
-def test_loadtest_rejects_unimplemented_profiles(tmp_path: Path) -> None:
-    for profile in ("step", "burst"):
-        result = subprocess.run(
-            [sys.executable, "-m", "feedsvc.cli", "loadtest", "--profile", profile],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+def check_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert height >= 400 and width >= 800, (path, height, width)
+
+
+def test_loadtest_burst_profile_with_baseline_and_plots(tmp_path: Path) -> None:
+    plots = tmp_path / "plots"
+    report = run_loadtest(
+        tmp_path,
+        "--profile",
+        "burst",
+        "--burst-every",
+        "2",
+        "--burst-duration",
+        "1",
+        "--burst-factor",
+        "3",
+        "--baseline",
+        "--plot",
+        str(plots),
+    )
+    for kind in ("feedsvc", "baseline"):
+        section = report[kind]
+        bursts = section["bursts"]
+        assert bursts["rate"] == 3 * RATE
+        # The measurement starts as a burst ends: of its 3 s, second 1 is the next burst.
+        assert [(window["start_s"], window["end_s"]) for window in bursts["windows"]] == [(1, 2)]
+        rows = section["over_time"]
+        assert [row["in_burst"] for row in rows] == [False, True, False]
+        burst_rate = rows[1]["received_per_subscriber"]
+        assert abs(burst_rate - 3 * RATE) <= 0.2 * 3 * RATE, rows
+        assert burst_rate > 2 * max(
+            rows[0]["received_per_subscriber"], rows[2]["received_per_subscriber"]
         )
-        assert result.returncode == 2
-        assert "not implemented yet" in result.stderr
+        assert bursts["in_bursts"]["received_per_s"] == burst_rate
+        for entry in section["subscribers"]:
+            assert entry["received"] + entry["missed"] == entry["published_in_span"], entry
+        fast = section["subscribers"][0]
+        assert fast["gaps"] == 0, fast
+    assert report["ratios"]["burst_p99"] > 0
+    assert sorted(path.name for path in plots.iterdir()) == ["latency.png", "throughput.png"]
+    for path in plots.iterdir():
+        check_png(path)
+
+
+def test_loadtest_step_profile_reports_the_highest_sustained_rate(tmp_path: Path) -> None:
+    report = run_loadtest(tmp_path, "--profile", "step", "--step-duration", "2", "--max-steps", "2")
+    section = report["feedsvc"]
+    steps = section["steps"]
+    assert [step["target_rate"] for step in steps] == [RATE, 1.5 * RATE]
+    for step in steps:
+        held = step["publish_rate"] >= 0.95 * step["target_rate"] and step["gaps"] == 0
+        assert step["sustained"] is held, step
+    sustained = [step for step in steps if step["sustained"]]
+    assert sustained, steps
+    assert section["max_sustained_rate"] == sustained[-1]["target_rate"]
+    # The section's own figures (the report contract) are those of that step.
+    assert section["publish_rate"] == sustained[-1]["publish_rate"]
+    assert section["latency_us"] == sustained[-1]["latency_us"]
+    assert {"received", "missed", "gaps"} <= set(section["subscribers"][0])
+    assert section["stopped_by"] == ("max_steps" if len(sustained) == 2 else "not_sustained")
+
+
+def run_usage_error(*arguments: str, blocked_module: str | None = None) -> str:
+    """Run `feedsvc loadtest` expecting a usage error (exit 2); returns its stderr."""
+    code = "import sys\n"
+    if blocked_module is not None:
+        # None in sys.modules makes `import` raise ImportError: as if it were not installed.
+        code += f"sys.modules[{blocked_module!r}] = None\n"
+    code += f"from feedsvc.cli import main\nsys.exit(main({['loadtest', *arguments]!r}))\n"
     result = subprocess.run(
-        [sys.executable, "-m", "feedsvc.cli", "loadtest", "--mirror"],
+        [sys.executable, "-c", code],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert result.returncode == 2
-    assert "--kafka-bootstrap" in result.stderr
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    return result.stderr
+
+
+def test_loadtest_usage_errors_say_what_to_fix(tmp_path: Path) -> None:
+    assert "--kafka-bootstrap" in run_usage_error("--mirror")
+    assert "--rate > 0" in run_usage_error("--profile", "burst", "--rate", "0")
+    assert "--burst-duration" in run_usage_error(
+        "--profile", "burst", "--burst-every", "2", "--burst-duration", "2"
+    )
+    assert "--duration must be >= --burst-every" in run_usage_error(
+        "--profile", "burst", "--duration", "3", "--burst-every", "5"
+    )
+    assert "--step-factor" in run_usage_error("--profile", "step", "--step-factor", "1")
+    stderr = run_usage_error("--plot", str(tmp_path), blocked_module="matplotlib")
+    assert "--plot needs matplotlib (pip install feedsvc[bench])" in stderr
