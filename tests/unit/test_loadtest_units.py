@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from feedsvc import loadtest
 from feedsvc.ingest import BurstSchedule, RatePacer
 from feedsvc.loadtest import (
     NS_PER_S,
@@ -129,7 +130,14 @@ def test_mirror_figures_read_the_prometheus_exposition() -> None:
     }
 
 
-def test_latency_recorder_files_ticks_under_their_receive_second() -> None:
+@pytest.mark.parametrize("hdr", [True, False], ids=["hdrhistogram", "raw-values"])
+def test_latency_recorder_files_ticks_under_their_receive_second(
+    hdr: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if hdr:
+        pytest.importorskip("hdrh")
+    else:
+        monkeypatch.setattr(loadtest, "_hdr_available", lambda: False)
     recorder = LatencyRecorder()
     for received_s, latency_us in ((100, 10), (100, 30), (101, 20), (102, 40), (102, 50)):
         received_ns = received_s * NS_PER_S + 500_000_000
@@ -140,6 +148,7 @@ def test_latency_recorder_files_ticks_under_their_receive_second() -> None:
         "101": 1,
         "102": 2,
     }
+    assert all(("hdr" in dump) is hdr for dump in dumps.values())
     merged = latency_percentiles(list(dumps.values()))
     assert (merged["count"], merged["p50"], merged["max"]) == (5, 30, 50)
 
