@@ -189,6 +189,13 @@ class SequenceTracker:
         self._last_seq_by_symbol[symbol] = [seq]
         return restart
 
+    def skip(self, symbol: str, count: int) -> None:
+        """`count` ticks of `symbol` after its last seq were passed over unread on purpose
+        (conflated): the next expected seq moves on by `count`, so they are not a gap."""
+        state = self._last_seq_by_symbol.get(symbol)
+        if state is not None:
+            state[0] += count
+
     def observe_epoch(self, epoch: int) -> Restart | None:
         """Follow `epoch` (from a tick or a heartbeat); a change is a Restart, the first is not."""
         if epoch == self._epoch:
@@ -212,32 +219,55 @@ class SequenceTracker:
 class Conflator:
     """Keeps only the newest tick per symbol until taken.
 
+    It holds raw wire frames, decoded only when taken: a conflating reader passes over most ticks,
+    and decoding every one of them cost it as much CPU as a fast reader, CPU the publisher and
+    the other subscribers on the machine need. Ticks already decoded (a snapshot's) are held too.
+
     Symbols are handed out in the order their first pending tick arrived: replacing a pending tick
     keeps the symbol's place (a dict keeps insertion order on update), so a busy symbol cannot
     starve a quiet one.
     """
 
     def __init__(self) -> None:
-        self._pending_by_symbol: dict[str, Tick] = {}
+        # topic -> [newest frame or decoded tick, raw frames it replaced (never decoded)]
+        self._pending_by_topic: dict[bytes, list[Any]] = {}
         self.conflated = 0
 
-    def offer(self, tick: Tick) -> None:
-        """Hold `tick`, replacing (and counting) an older pending tick of the same symbol."""
-        pending = self._pending_by_symbol
-        pending_before = len(pending)
-        pending[tick["sym"]] = tick
-        if len(pending) == pending_before:
-            self.conflated += 1
+    def offer_frame(self, topic: bytes, frame: bytes) -> None:
+        """Hold a raw tick frame, replacing (and counting) the older pending one of its topic."""
+        entry = self._pending_by_topic.get(topic)
+        if entry is None:
+            self._pending_by_topic[topic] = [frame, 0]
+            return
+        if type(entry[0]) is bytes:
+            entry[1] += 1
+        entry[0] = frame
+        self.conflated += 1
 
-    def take(self) -> Tick | None:
-        """The pending tick whose symbol has waited longest, or None if nothing is pending."""
-        pending = self._pending_by_symbol
+    def offer(self, tick: Tick) -> None:
+        """Hold a decoded tick (its seq already checked), replacing an older pending one."""
+        topic = tick["sym"].encode()
+        if topic in self._pending_by_topic:
+            self.conflated += 1
+        # Raw frames it replaces were not checked, but the tracker has seen this newer tick.
+        self._pending_by_topic[topic] = [tick, 0]
+
+    def take_entry(self) -> tuple[Tick | bytes, int] | None:
+        """The longest-waiting symbol's newest frame or tick and how many unchecked raw frames it
+        replaced; None if nothing is pending."""
+        pending = self._pending_by_topic
         if not pending:
             return None
-        return pending.pop(next(iter(pending)))
+        item, replaced = pending.pop(next(iter(pending)))
+        return item, replaced
+
+    def take(self) -> Tick | bytes | None:
+        """The longest-waiting symbol's newest frame or tick, or None if nothing is pending."""
+        entry = self.take_entry()
+        return None if entry is None else entry[0]
 
     def __len__(self) -> int:
-        return len(self._pending_by_symbol)
+        return len(self._pending_by_topic)
 
 
 class SyncError(Exception):
@@ -882,23 +912,54 @@ class _SubscriberCore:
         return backlog.popleft()
 
     def _take_conflated(self) -> Tick | None:
-        """Drain what is queued into the conflator, then the longest-waiting newest tick."""
-        recv, accept, conflator = self._socket.recv, self._accept, self._conflator
+        """Drain what is queued into the conflator (raw), then the longest-waiting newest tick."""
+        recv, conflator, stats = self._socket.recv, self._conflator, self.stats
         assert conflator is not None
-        offer = conflator.offer
+        offer_frame = conflator.offer_frame
+        tick_frames = 0
         for _ in range(self._drain_limit):
             try:
                 frame = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            tick = accept(frame)
+            if frame[:1] == _CONTROL_START:
+                self._accept(frame)
+                continue
+            tick_frames += 1
+            space = frame.find(b" ")
+            if space > 0:
+                offer_frame(frame[:space], frame)
+            else:
+                stats.malformed += 1
+        if tick_frames:
+            stats.received += tick_frames
+            self._last_message_at = time.monotonic()
+            if not self._alive:
+                self._set_alive()
+        stats.conflated = conflator.conflated
+        while (entry := conflator.take_entry()) is not None:
+            item, replaced = entry
+            # Decoded ticks (a snapshot's) were checked when they were offered.
+            tick = item if type(item) is dict else self._accept_conflated(item, replaced)
             if tick is not None:
-                offer(tick)
-        self.stats.conflated = conflator.conflated
-        tick = conflator.take()
-        if tick is not None:
-            self.stats.delivered += 1
-        return tick
+                stats.delivered += 1
+                return tick
+        return None
+
+    def _accept_conflated(self, frame: bytes, replaced: int) -> Tick | None:
+        """Decode and check the newest frame of a symbol that replaced `replaced` older ones."""
+        stats = self.stats
+        try:
+            tick = orjson.loads(frame[frame.index(b" ") + 1 :])
+            if replaced and tick["epoch"] == self.tracker.epoch:
+                self.tracker.skip(tick["sym"], replaced)
+            event = self.tracker.observe(tick)
+        except _MALFORMED_ERRORS:
+            stats.malformed += 1
+            return None
+        if event is None or self._report(event):
+            return tick
+        return None
 
     def _poll_waits_ms(self, timeout: float | None) -> Iterator[int]:
         """How long to poll the socket, slice by slice, until `timeout` (None = forever) is over.

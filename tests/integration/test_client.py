@@ -208,9 +208,28 @@ def test_conflation_hands_a_slow_consumer_the_newest_tick_per_symbol(
     assert subscriber.recv(timeout=QUIET_S) is None
     stats = subscriber.stats
     assert (stats.received, stats.delivered, stats.conflated) == (301, 4, 297)
-    # Conflation is not a gap: each tick was checked before it was conflated.
+    # Conflation is not a gap: the replaced ticks move the expected seq on.
     assert gaps == []
     assert stats.missed == 0
+
+
+def test_conflation_still_reports_ticks_lost_before_they_reached_the_consumer(
+    publisher: FakePublisher, endpoint: str, subscribers: list[Subscriber]
+) -> None:
+    gaps: list[Gap] = []
+    subscriber = Subscriber(endpoint, conflate=True, on_gap=gaps.append)
+    subscribers.append(subscriber)
+    settle(publisher, subscriber)
+    publisher.tick("AAPL", 1)
+    assert symbols_and_seqs(receive(subscriber, 1)) == [("AAPL", 1)]
+    # seq 5 to 7 never leave the publisher (as if dropped at a high-water mark).
+    for seq in (*range(2, 5), *range(8, 21)):
+        publisher.tick("AAPL", seq)
+    time.sleep(QUIET_S)
+    assert symbols_and_seqs(receive(subscriber, 1)) == [("AAPL", 20)]
+    assert [(gap.symbol, gap.missed) for gap in gaps] == [("AAPL", 3)]
+    stats = subscriber.stats
+    assert (stats.received, stats.delivered, stats.conflated, stats.missed) == (17, 2, 15, 3)
 
 
 def test_feed_is_dead_when_heartbeats_stop_and_alive_when_they_resume(

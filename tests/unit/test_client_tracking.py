@@ -192,6 +192,39 @@ def test_conflator_keeps_the_newest_tick_per_symbol_in_order_of_first_arrival() 
     assert conflator.take() is None
 
 
+def test_conflator_holds_raw_frames_and_counts_the_unchecked_ones_replaced() -> None:
+    conflator = Conflator()
+    for seq in (1, 2, 3):
+        conflator.offer_frame(b"AAPL", b"AAPL " + orjson.dumps(make_tick("AAPL", seq)))
+    conflator.offer_frame(b"MSFT", b"MSFT frame")
+    assert (len(conflator), conflator.conflated) == (2, 2)
+    frame, replaced = conflator.take_entry()
+    assert orjson.loads(frame.split(b" ", 1)[1])["seq"] == 3
+    assert replaced == 2
+    assert conflator.take_entry() == (b"MSFT frame", 0)
+    assert conflator.take_entry() is None
+
+
+def test_conflator_does_not_count_a_checked_tick_as_an_unchecked_replacement() -> None:
+    conflator = Conflator()
+    conflator.offer(make_tick("AAPL", 5))
+    conflator.offer_frame(b"AAPL", b"AAPL newer")
+    assert conflator.take_entry() == (b"AAPL newer", 0)
+    assert conflator.conflated == 1
+
+
+def test_skipped_ticks_move_the_expected_seq_on_and_later_losses_still_count() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(make_tick("AAPL", 1))
+    tracker.skip("AAPL", 5)
+    assert tracker.observe(make_tick("AAPL", 7)) is None
+    tracker.skip("AAPL", 2)
+    gap = tracker.observe(make_tick("AAPL", 12))
+    assert isinstance(gap, Gap) and (gap.expected_seq, gap.missed) == (10, 2)
+    tracker.skip("NEW", 3)  # no baseline yet: nothing to move
+    assert tracker.observe(make_tick("NEW", 9)) is None
+
+
 def test_conflator_queues_a_taken_symbol_behind_those_still_waiting() -> None:
     conflator = Conflator()
     conflator.offer(make_tick("AAPL", 1))
