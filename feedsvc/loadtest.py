@@ -490,6 +490,15 @@ def _wait_ready(subscriber: subprocess.Popen[bytes], publisher: subprocess.Popen
 def _stop(process: subprocess.Popen[bytes], timeout_s: float) -> bytes:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
+    return _collect(process, timeout_s)
+
+
+def _collect(process: subprocess.Popen[bytes], timeout_s: float) -> bytes:
+    """The output of a process already sent SIGTERM, once it exits.
+
+    Never a second SIGTERM: a worker restores the default handler once its loop is over, and a
+    second signal then would kill it before it printed its result.
+    """
     try:
         output, _ = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -657,10 +666,12 @@ def measure(
                 process.send_signal(signal.SIGTERM)
         results = []
         for process, slow in subscribers:
-            output = _stop(process, STOP_TIMEOUT_S)
+            output = _collect(process, STOP_TIMEOUT_S)
             lines = [line for line in output.splitlines() if line.strip().startswith(b"{")]
             if not lines:
-                raise LoadtestError(f"{label}: a subscriber reported nothing")
+                raise LoadtestError(
+                    f"{label}: a subscriber reported nothing (exit code {process.returncode})"
+                )
             result = json.loads(lines[-1])
             result["slow"] = slow
             results.append(result)
