@@ -808,13 +808,21 @@ class _SubscriberCore:
         if frame[:1] == _CONTROL_START:
             self._accept_control(frame)
             return None
-        stats = self.stats
-        stats.received += 1
+        self.stats.received += 1
+        return self._check_tick(frame)
+
+    def _check_tick(self, frame: bytes, skipped: int = 0) -> Tick | None:
+        """Decode a tick frame and check its seq; returns the tick if it is to be delivered.
+
+        `skipped`: older ticks of its symbol conflated unread, which are no gap.
+        """
         try:
             tick = orjson.loads(frame[frame.index(b" ") + 1 :])
+            if skipped and tick["epoch"] == self.tracker.epoch:
+                self.tracker.skip(tick["sym"], skipped)
             event = self.tracker.observe(tick)
         except _MALFORMED_ERRORS:
-            stats.malformed += 1
+            self.stats.malformed += 1
             return None
         if event is None or self._report(event):
             return tick
@@ -940,25 +948,10 @@ class _SubscriberCore:
         while (entry := conflator.take_entry()) is not None:
             item, replaced = entry
             # Decoded ticks (a snapshot's) were checked when they were offered.
-            tick = item if type(item) is dict else self._accept_conflated(item, replaced)
+            tick = item if type(item) is dict else self._check_tick(item, replaced)
             if tick is not None:
                 stats.delivered += 1
                 return tick
-        return None
-
-    def _accept_conflated(self, frame: bytes, replaced: int) -> Tick | None:
-        """Decode and check the newest frame of a symbol that replaced `replaced` older ones."""
-        stats = self.stats
-        try:
-            tick = orjson.loads(frame[frame.index(b" ") + 1 :])
-            if replaced and tick["epoch"] == self.tracker.epoch:
-                self.tracker.skip(tick["sym"], replaced)
-            event = self.tracker.observe(tick)
-        except _MALFORMED_ERRORS:
-            stats.malformed += 1
-            return None
-        if event is None or self._report(event):
-            return tick
         return None
 
     def _poll_waits_ms(self, timeout: float | None) -> Iterator[int]:
