@@ -10,6 +10,7 @@ from pathlib import Path
 
 from feedsvc import console, loadtest, replay
 from feedsvc.config import ConfigError, load_config
+from feedsvc.curve import create_key_pair
 from feedsvc.logs import setup_logging
 from feedsvc.service import Service, StartupError
 
@@ -34,9 +35,24 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("feedsvc").info("received %s, stopping", signal.Signals(signum).name)
         service.request_stop()
 
+    def reload_keys(_signum: int, _frame: object) -> None:
+        service.request_key_reload()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload_keys)
     service.run()
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    try:
+        public_file, secret_file = create_key_pair(args.directory, args.name)
+    except (ValueError, OSError) as error:
+        print(f"feedsvc keygen: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"public key (give it out; a server lists it in curve.authorized_keys): {public_file}")
+    print(f"secret key (keep it; mode 600): {secret_file}")
     return 0
 
 
@@ -89,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_replay_arguments(replay_parser)
     replay_parser.set_defaults(handler=replay.run_from_args)
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a CurveZMQ key pair: DIR/NAME.key (public) and DIR/NAME.key_secret",
+    )
+    keygen.add_argument("directory", type=Path, metavar="DIR", help="where to write the files")
+    keygen.add_argument("name", metavar="NAME", help="file name without extension, e.g. server")
+    keygen.set_defaults(handler=_keygen)
 
     loadtest_parser = commands.add_parser(
         "loadtest", help="run the service under synthetic load and measure it (vs raw pyzmq)"

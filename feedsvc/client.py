@@ -40,6 +40,8 @@ import orjson
 import zmq
 import zmq.asyncio
 
+from feedsvc.curve import CurveClientKeys
+from feedsvc.curve import connect as curve_connect
 from feedsvc.ticks import CONTROL_PREFIX, HEARTBEAT_TOPIC, Tick, symbol_problem, topic_prefix
 
 DEFAULT_RCVHWM: Final = 10_000
@@ -668,6 +670,7 @@ class _SubscriberCore:
         on_dead: Callable[[], object] | None = None,
         on_alive: Callable[[], object] | None = None,
         context: zmq.Context | None = None,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         endpoint_list = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         symbol_list, prefix_list = list(symbols), list(prefixes)
@@ -685,6 +688,7 @@ class _SubscriberCore:
 
         self.endpoints = endpoint_list
         self.sync_endpoint = sync_endpoint
+        self._curve = curve
         self.stats = SubscriberStats()
         self.tracker = SequenceTracker()
         self._conflator = Conflator() if conflate else None
@@ -729,7 +733,7 @@ class _SubscriberCore:
                 self._socket.setsockopt(zmq.SUBSCRIBE, subscription)
             for endpoint in endpoint_list:
                 try:
-                    self._socket.connect(endpoint)
+                    curve_connect(self._socket, endpoint, curve)
                 except zmq.ZMQError as error:
                     raise ValueError(
                         f"cannot connect to {endpoint!r} ({error}); "
@@ -1172,7 +1176,7 @@ class _SubscriberCore:
         assert self.sync_endpoint is not None
         owned, plain = self._open_socket(zmq.REQ)
         try:
-            plain.connect(self.sync_endpoint)
+            curve_connect(plain, self.sync_endpoint, self._curve)
         except zmq.ZMQError as error:
             owned.close(linger=0)
             raise ValueError(
@@ -1234,6 +1238,11 @@ class Subscriber(_SubscriberCore):
         Called from inside ``recv()`` (or ``sync()``) on the matching event.
     context:
         A ZeroMQ context to use (kept open on close); by default the subscriber has its own.
+    curve:
+        Keys for a service with curve.enabled: ``CurveClientKeys.from_files(server NAME.key,
+        own NAME.key_secret)``. Used on tcp endpoints (publisher and sync); ipc stays plain.
+        With a key the server does not list, the connection is refused and nothing arrives:
+        the subscriber reports the feed dead after heartbeat_timeout_s.
     """
 
     _socket_class = zmq.Socket

@@ -18,6 +18,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from feedsvc.secrets import secret_problem
+
 ENDPOINT_SCHEMES = ("ipc://", "tcp://")
 
 
@@ -155,7 +157,7 @@ class MetricsConfig:
 
 
 def _check_producer_settings(settings: dict[str, Any]) -> str | None:
-    return next(
+    wrong_type = next(
         (
             f"{key!r} must be a string, number or boolean"
             for key, value in settings.items()
@@ -163,6 +165,7 @@ def _check_producer_settings(settings: dict[str, Any]) -> str | None:
         ),
         None,
     )
+    return wrong_type or secret_problem(settings)
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,56 @@ class KafkaConfig:
     # Above 0, a mirror starved of CPU under sustained overload fills the hand-off queue and
     # drops (counted); at 0 the publisher slows instead and the audit trail stays complete.
     mirror_nice: int = _setting(0, minimum=0, maximum=19)
-    # librdkafka producer settings passed through (security, tuning), e.g. {"linger.ms": 50}.
+    # librdkafka producer settings passed through (security, tuning), e.g. {"linger.ms": 50};
+    # a value "${env:NAME}" or "${file:PATH}" is read from there when the producer starts.
     producer: dict[str, Any] = _setting({}, check=_check_producer_settings)
+
+
+def _check_file_mode(mode: int) -> str | None:
+    if not 0 <= mode <= 0o777:
+        return f"must be a permission mode from 0 to 0777 (octal, e.g. 0600), got {mode!r}"
+    if not mode & 0o200:
+        return f"must let the owner write (connect), got {mode:04o}"
+    return None
+
+
+@dataclass(frozen=True)
+class IpcConfig:
+    # Permissions of the ipc socket files feedsvc binds (connecting needs write permission), in
+    # octal: 0600 = only the service's user, 0660 = also its group. A folder feedsvc creates for
+    # them gets the same permissions plus the search bit.
+    mode: int = _setting(0o600, check=_check_file_mode)
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    # CurveZMQ on every tcp endpoint (publisher, ingest, sync); ipc endpoints stay plain.
+    enabled: bool = _setting(False)
+    # The server's secret certificate (NAME.key_secret from `feedsvc keygen DIR NAME`).
+    server_secret: str = _setting("")
+    # Directory of the public keys (NAME.key) of the clients and feed handlers allowed in.
+    # Re-read on SIGHUP; connections already made stay.
+    authorized_keys: str = _setting("")
+    # Rejected handshakes are logged at most once per interval, with the counts since.
+    reject_log_interval_s: float = _setting(10.0, minimum=0.0)
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        from feedsvc.curve import authorized_key_count, load_key_pair
+
+        if not self.server_secret:
+            raise ConfigError("curve.server_secret", "must name a NAME.key_secret file")
+        if not self.authorized_keys:
+            raise ConfigError("curve.authorized_keys", "must name a directory of NAME.key files")
+        for key, check in (
+            ("curve.server_secret", lambda: load_key_pair(self.server_secret)),
+            ("curve.authorized_keys", lambda: authorized_key_count(self.authorized_keys)),
+        ):
+            try:
+                check()
+            except ValueError as error:
+                raise ConfigError(key, str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -213,6 +264,8 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    curve: CurveConfig = field(default_factory=CurveConfig)
+    ipc: IpcConfig = field(default_factory=IpcConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 

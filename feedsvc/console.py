@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO, Final
 
@@ -28,6 +29,7 @@ from rich.table import Table
 
 from feedsvc.client import DEFAULT_SYNC_TIMEOUT_S, Subscriber, SyncError
 from feedsvc.client_metrics import SubscriberMetrics
+from feedsvc.curve import CurveClientKeys
 from feedsvc.ticks import Tick
 
 DEFAULT_ENDPOINT: Final = "ipc:///tmp/feedsvc/ticks"
@@ -113,6 +115,20 @@ def add_subscribe_arguments(parser: argparse.ArgumentParser) -> None:
         help="wait per handshake step and attempt (default: %(default)s)",
     )
     parser.add_argument(
+        "--curve-server-key",
+        type=Path,
+        metavar="FILE",
+        help="the service's public key (its NAME.key) when it runs with curve.enabled; used "
+        "on tcp endpoints, with --curve-client-cert",
+    )
+    parser.add_argument(
+        "--curve-client-cert",
+        type=Path,
+        metavar="FILE",
+        help="this client's secret certificate (NAME.key_secret from feedsvc keygen); its "
+        "NAME.key must be in the service's curve.authorized_keys",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=_port,
         default=0,
@@ -143,6 +159,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         sync_timeout_s=args.sync_timeout,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        curve_server_key=args.curve_server_key,
+        curve_client_cert=args.curve_client_cert,
     )
 
 
@@ -191,6 +209,14 @@ def _stop_on_signals(stop: _StopFlag) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _curve_keys(server_key: Path | None, client_cert: Path | None) -> CurveClientKeys | None:
+    if server_key is None and client_cert is None:
+        return None
+    if server_key is None or client_cert is None:
+        raise ValueError("--curve-server-key and --curve-client-cert go together")
+    return CurveClientKeys.from_files(server_key, client_cert)
+
+
 def run_subscribe(
     endpoints: Sequence[str],
     symbols: Sequence[str] = (),
@@ -204,6 +230,8 @@ def run_subscribe(
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S,
     metrics_port: int = 0,
     metrics_host: str = "127.0.0.1",
+    curve_server_key: Path | None = None,
+    curve_client_cert: Path | None = None,
 ) -> int:
     """Subscribe and print ticks until `count` ticks, `duration_s` seconds or SIGINT/SIGTERM.
 
@@ -211,10 +239,13 @@ def run_subscribe(
     With `metrics_port` (not 0) the subscriber's Prometheus metrics are served on
     `metrics_host`:`metrics_port` while it runs.
 
+    With `curve_server_key` and `curve_client_cert` tcp endpoints use CurveZMQ.
+
     Returns the exit code: 0 when stopped by a limit or a signal, 1 when the sync handshake
     failed, 2 for unusable arguments (or a metrics port that cannot be bound).
     """
     try:
+        curve = _curve_keys(curve_server_key, curve_client_cert)
         subscriber = Subscriber(
             endpoints,
             symbols,
@@ -222,6 +253,7 @@ def run_subscribe(
             conflate=conflate,
             sync_endpoint=sync_endpoint,
             sync_timeout_s=sync_timeout_s,
+            curve=curve,
         )
     except ValueError as error:
         print(f"feedsvc subscribe: {error}", file=sys.stderr)

@@ -101,6 +101,15 @@ class ServiceCollector:
             "ZMTP handshakes with would-be subscribers that failed.",
             value=service.subscriber_handshake_failures,
         )
+        rejected_handshakes = CounterMetricFamily(
+            "feedsvc_handshakes_rejected",
+            "Connection handshakes refused, by socket (publisher, ingest, sync) and reason (auth: "
+            "key not authorized; protocol: no Curve, wrong server key or not ZMTP; other).",
+            labels=["socket", "reason"],
+        )
+        for (socket_name, reason), count in service.rejected_handshakes.items():
+            rejected_handshakes.add_metric([socket_name, reason], count)
+        yield rejected_handshakes
         # An info label, not a value: a float64 sample cannot hold a 19-digit epoch exactly.
         yield InfoMetricFamily(
             "feedsvc",

@@ -33,6 +33,7 @@ import zmq
 
 from feedsvc.config import KafkaConfig, LogConfig
 from feedsvc.logs import RateLimiter, setup_logging
+from feedsvc.secrets import resolve_secrets
 from feedsvc.ticks import TOPIC_DELIMITER
 
 log = logging.getLogger("feedsvc.mirror")
@@ -89,8 +90,9 @@ class MirrorStats:
 
 
 def producer_settings(config: KafkaConfig) -> dict[str, Any]:
-    """librdkafka settings: feedsvc's defaults, then kafka.producer, then the fixed ones."""
-    settings: dict[str, Any] = {**PRODUCER_DEFAULTS, **config.producer}
+    """librdkafka settings: feedsvc's defaults, then kafka.producer (its ${env:..} and
+    ${file:..} secrets read now), then the fixed ones."""
+    settings: dict[str, Any] = {**PRODUCER_DEFAULTS, **resolve_secrets(config.producer)}
     settings["bootstrap.servers"] = config.bootstrap
     settings["queue.buffering.max.messages"] = config.max_buffered_ticks
     settings["message.timeout.ms"] = config.delivery_timeout_ms

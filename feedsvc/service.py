@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -17,6 +19,7 @@ import zmq.backend
 from zmq.utils.monitor import recv_monitor_message
 
 from feedsvc.config import Config, SyntheticConfig
+from feedsvc.curve import CurveServer, is_tcp
 from feedsvc.ingest import BurstSchedule, IngestDecoder, RatePacer, SyntheticFeed
 from feedsvc.logs import RateLimiter
 from feedsvc.metrics import LOOP_STALL_S, MetricsServer, health_body
@@ -50,6 +53,15 @@ _HANDSHAKE_FAILURES = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+# Label values of rejected handshakes: a key not on curve.authorized_keys (ZAP said no); no
+# Curve, the wrong server key or not ZMTP at all; anything libzmq does not detail.
+HANDSHAKE_REJECT_REASONS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "other",
+}
+# The sockets whose handshakes are watched, as named in logs and metric labels.
+SOCKET_NAMES = ("publisher", "ingest", "sync")
 # Above this size a peer is disconnected by libzmq instead of being read and counted.
 INGEST_HARD_LIMIT_FACTOR = 4
 
@@ -58,18 +70,28 @@ class StartupError(RuntimeError):
     """The service cannot start (an endpoint cannot be bound). str() names the key."""
 
 
-def _prepare_ipc_path(endpoint: str) -> None:
-    # libzmq does not create the folder of an ipc path.
-    if endpoint.startswith("ipc://"):
-        Path(endpoint.removeprefix("ipc://")).parent.mkdir(parents=True, exist_ok=True)
+def _folder_mode(file_mode: int) -> int:
+    # A folder needs the search bit wherever its files may be read.
+    return file_mode | (file_mode & 0o444) >> 2
 
 
-def _bind(socket: zmq.Socket, key: str, endpoint: str) -> None:
+def _bind_ipc(socket: zmq.Socket, endpoint: str, mode: int, bind: Callable[[], None]) -> None:
+    """Bind an ipc endpoint so that its socket file has `mode` from the start.
+
+    The umask is set around the bind (libzmq creates the file during the call, in this thread)
+    rather than a chmod after it, which would leave a moment open to anyone. An abstract
+    socket (ipc://@name) has no file: it is open to every process on the host.
+    """
+    path = endpoint.removeprefix("ipc://")
+    previous_umask = os.umask(0o777 & ~_folder_mode(mode))
     try:
-        _prepare_ipc_path(endpoint)
-        socket.bind(endpoint)
-    except (zmq.ZMQError, OSError) as error:
-        raise StartupError(f"{key}: cannot bind {endpoint}: {error}") from None
+        if not path.startswith("@"):
+            # libzmq does not create the folder of an ipc path.
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.umask(0o777 & ~mode)
+        bind()
+    finally:
+        os.umask(previous_umask)
 
 
 def _synthetic_pacer(synthetic: SyntheticConfig, now: float) -> RatePacer:
@@ -109,6 +131,12 @@ class Service:
         # From the PUB socket's monitor: connections (subscribers) now, handshake failures so far.
         self.subscribers_connected = 0
         self.subscriber_handshake_failures = 0
+        # Failed handshakes on every socket, by (socket name, reason): Curve rejections show here.
+        self.rejected_handshakes = {
+            (name, reason): 0
+            for name in SOCKET_NAMES
+            for reason in HANDSHAKE_REJECT_REASONS.values()
+        }
         self.sync_seconds_total = 0.0
         self.last_publish_unix_s = 0.0
         self.metrics: MetricsServer | None = None
@@ -116,11 +144,14 @@ class Service:
         self._loop_alive_at: float | None = None
         self._recent_publish_rate = 0.0
         self._stop_requested = False
+        self._reload_keys_requested = False
         self._context = zmq.Context(io_threads=config.publisher.io_threads)
+        self._curve: CurveServer | None = None
         self._pub: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._rep: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
+        # Monitor socket -> the name of the socket it watches.
+        self._monitors: dict[zmq.Socket, str] = {}
         self.sync: SyncHandler | None = None
         self.decoder = IngestDecoder(config.ingest.max_message_bytes)
         self.publisher: Publisher | None = None
@@ -129,14 +160,26 @@ class Service:
     def start(self) -> None:
         """Create and bind every socket; raises StartupError naming the endpoint that failed."""
         publisher_config, ingest_config = self.config.publisher, self.config.ingest
+        curve_config = self.config.curve
         try:
+            if curve_config.enabled:
+                try:
+                    self._curve = CurveServer(
+                        self._context, curve_config.server_secret, curve_config.authorized_keys
+                    )
+                except ValueError as error:
+                    raise StartupError(f"curve.server_secret: {error}") from None
             pub = self._pub = self._context.socket(zmq.PUB)
             pub.setsockopt(zmq.SNDHWM, publisher_config.sndhwm)
             if publisher_config.sndbuf:
                 pub.setsockopt(zmq.SNDBUF, publisher_config.sndbuf)
             pub.setsockopt(zmq.LINGER, publisher_config.linger_ms)
-            for index, endpoint in enumerate(publisher_config.endpoints):
-                _bind(pub, f"publisher.endpoints[{index}]", endpoint)
+            self._monitors[pub.get_monitor_socket(_MONITORED_EVENTS)] = "publisher"
+            # Plain (ipc) endpoints first: Curve options set for a tcp bind would stay set.
+            for index, endpoint in sorted(
+                enumerate(publisher_config.endpoints), key=lambda item: is_tcp(item[1])
+            ):
+                self._bind(pub, f"publisher.endpoints[{index}]", endpoint)
             if ingest_config.endpoint:
                 pull = self._pull = self._context.socket(zmq.PULL)
                 pull.setsockopt(zmq.RCVHWM, ingest_config.rcvhwm)
@@ -144,7 +187,8 @@ class Service:
                     zmq.MAXMSGSIZE, ingest_config.max_message_bytes * INGEST_HARD_LIMIT_FACTOR
                 )
                 pull.setsockopt(zmq.LINGER, 0)
-                _bind(pull, "ingest.endpoint", ingest_config.endpoint)
+                self._monitors[pull.get_monitor_socket(_HANDSHAKE_FAILURES)] = "ingest"
+                self._bind(pull, "ingest.endpoint", ingest_config.endpoint)
             sync_config = self.config.sync
             if sync_config.endpoint:
                 rep = self._rep = self._context.socket(zmq.REP)
@@ -152,8 +196,8 @@ class Service:
                     zmq.MAXMSGSIZE, sync_config.max_request_bytes * SYNC_HARD_LIMIT_FACTOR
                 )
                 rep.setsockopt(zmq.LINGER, 0)
-                _bind(rep, "sync.endpoint", sync_config.endpoint)
-            self._monitor = pub.get_monitor_socket(_MONITORED_EVENTS)
+                self._monitors[rep.get_monitor_socket(_HANDSHAKE_FAILURES)] = "sync"
+                self._bind(rep, "sync.endpoint", sync_config.endpoint)
         except StartupError:
             self.close()
             raise
@@ -201,6 +245,25 @@ class Service:
             else "off",
         )
 
+    def _bind(self, socket: zmq.Socket, key: str, endpoint: str) -> None:
+        """Bind with Curve on tcp when curve.enabled, ipc files with ipc.mode; StartupError
+        names the key."""
+        curve = self._curve
+
+        def bind() -> None:
+            if curve is not None:
+                curve.bind(socket, endpoint)
+            else:
+                socket.bind(endpoint)
+
+        try:
+            if endpoint.startswith("ipc://"):
+                _bind_ipc(socket, endpoint, self.config.ipc.mode, bind)
+            else:
+                bind()
+        except (zmq.ZMQError, OSError) as error:
+            raise StartupError(f"{key}: cannot bind {endpoint}: {error}") from None
+
     def health(self) -> tuple[bool, dict[str, object]]:
         """(healthy, body) for /healthz: healthy while the loop runs and the PUB socket is open."""
         reason = None
@@ -235,6 +298,10 @@ class Service:
         """Ask `run()` to finish; safe from a signal handler or another thread."""
         self._stop_requested = True
 
+    def request_key_reload(self) -> None:
+        """Ask `run()` to re-read curve.authorized_keys (SIGHUP); safe from a signal handler."""
+        self._reload_keys_requested = True
+
     @property
     def rejected_by_reason(self) -> dict[str, int]:
         refused = self.publisher.refused_new_symbols if self.publisher else 0
@@ -250,7 +317,7 @@ class Service:
         feed = SyntheticFeed(synthetic.symbols, synthetic.seed) if synthetic.enabled else None
         pacer: RatePacer | None = None
         poller = zmq.Poller()
-        for socket in (self._rep, self._monitor):
+        for socket in (self._rep, *self._monitors):
             if socket is not None:
                 poller.register(socket, zmq.POLLIN)
         # With --wait-subscribers, ticks (synthetic and ingest) wait until that many clients
@@ -262,6 +329,8 @@ class Service:
         next_heartbeat = monotonic()
         reject_limiter = RateLimiter(config.ingest.reject_log_interval_s, monotonic)
         rejected_logged = 0
+        handshake_limiter = RateLimiter(config.curve.reject_log_interval_s, monotonic)
+        handshakes_logged = dict(self.rejected_handshakes)
         stats_limiter = RateLimiter(STATS_INTERVAL_S, monotonic)
         stats_limiter.allow()
         published_at_last_stats, last_stats_at = 0, monotonic()
@@ -311,8 +380,15 @@ class Service:
                 self._drain_ingest(INGEST_FRAMES_PER_PASS)
             if self._rep is not None and self._rep in ready:
                 self._serve_sync_requests()
-            if self._monitor is not None and self._monitor in ready:
-                self._read_monitor()
+            for monitor, socket_name in self._monitors.items():
+                if monitor in ready:
+                    self._read_monitor(monitor, socket_name)
+            if self.rejected_handshakes != handshakes_logged and handshake_limiter.allow():
+                self._log_rejected_handshakes(handshakes_logged)
+                handshakes_logged = dict(self.rejected_handshakes)
+            if self._reload_keys_requested:
+                self._reload_keys_requested = False
+                self._reload_authorized_keys()
             rejected_total = self.decoder.rejected_total
             if rejected_total != rejected_logged and reject_limiter.allow():
                 log.warning(
@@ -360,18 +436,53 @@ class Service:
             if self.metrics is not None:
                 self.metrics.handshake_seconds.observe(elapsed)
 
-    def _read_monitor(self) -> None:
+    def _read_monitor(self, monitor: zmq.Socket, socket_name: str) -> None:
+        is_publisher = socket_name == "publisher"
         while True:
             try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
             except zmq.Again:
                 return
-            if event == zmq.EVENT_ACCEPTED:
+            if event & _HANDSHAKE_FAILURES:
+                self.rejected_handshakes[socket_name, HANDSHAKE_REJECT_REASONS[event]] += 1
+                if is_publisher:
+                    self.subscriber_handshake_failures += 1
+            elif not is_publisher:
+                continue
+            elif event == zmq.EVENT_ACCEPTED:
                 self.subscribers_connected += 1
             elif event == zmq.EVENT_DISCONNECTED:
                 self.subscribers_connected = max(0, self.subscribers_connected - 1)
-            elif event & _HANDSHAKE_FAILURES:
-                self.subscriber_handshake_failures += 1
+
+    def _log_rejected_handshakes(self, logged_before: dict[tuple[str, str], int]) -> None:
+        since = {
+            f"{name}/{reason}": count - logged_before[name, reason]
+            for (name, reason), count in self.rejected_handshakes.items()
+            if count != logged_before[name, reason]
+        }
+        hint = (
+            " (auth: key not in curve.authorized_keys; protocol: no Curve, wrong server key or "
+            "not ZeroMQ)"
+            if self._curve is not None
+            else ""
+        )
+        log.warning(
+            "rejected %d connection handshakes since last report, by socket/reason: %s%s",
+            sum(since.values()),
+            since,
+            hint,
+        )
+
+    def _reload_authorized_keys(self) -> None:
+        if self._curve is None:
+            log.info("SIGHUP: curve is off, no keys to reload")
+            return
+        try:
+            count = self._curve.reload()
+        except ValueError as error:
+            log.error("SIGHUP: curve.authorized_keys not reloaded, the old list stays: %s", error)
+            return
+        log.info("reloaded curve.authorized_keys: %d public keys", count)
 
     def _drain_ingest(self, max_frames: int) -> None:
         pull, publisher, decode = self._pull, self.publisher, self.decoder.decode
@@ -434,16 +545,20 @@ class Service:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
-        for socket_name in ("_rep", "_monitor"):
-            socket = getattr(self, socket_name)
-            if socket is not None:
-                socket.close(linger=0)
-                setattr(self, socket_name, None)
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self._monitors.clear()
+        if self._rep is not None:
+            self._rep.close(linger=0)
+            self._rep = None
         if self._pull is not None:
             self._pull.close(linger=0)
             self._pull = None
         if self._pub is not None:
             self._pub.close()
             self._pub = None
+        if self._curve is not None:
+            self._curve.close()
+            self._curve = None
         if not self._context.closed:
             self._context.term()
