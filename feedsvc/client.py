@@ -79,6 +79,7 @@ _SYNC_REFUSAL_HINTS: Final = MappingProxyType(
         "bad_request": "the client and the service disagree on docs/sync-protocol.md; upgrade one",
         "not_json": "the client and the service disagree on docs/sync-protocol.md; upgrade one",
         "too_large": "subscribe to fewer symbols per subscriber",
+        "snapshot_too_large": "subscribe to fewer symbols per subscriber",
     }
 )
 

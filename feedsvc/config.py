@@ -116,6 +116,8 @@ class SyncConfig:
     # Bounds the work per request and the reply size.
     max_symbols_per_request: int = _setting(10_000, minimum=1, maximum=1_000_000)
     max_request_bytes: int = _setting(1_048_576, minimum=256)
+    # A larger snapshot reply is refused (snapshot_too_large) instead of built: bounds its memory.
+    max_snapshot_bytes: int = _setting(67_108_864, minimum=65_536)
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,7 @@ class Service:
             self.epoch,
             self.config.sync.max_symbols_per_request,
             self.config.sync.max_request_bytes,
+            self.config.sync.max_snapshot_bytes,
         )
         if self.config.metrics.port:
             try:

@@ -28,13 +28,18 @@ ERROR_BAD_REQUEST: Final = "bad_request"
 ERROR_BAD_SYMBOL: Final = "bad_symbol"
 ERROR_TOO_MANY_SYMBOLS: Final = "too_many_symbols"
 ERROR_TOO_LARGE: Final = "too_large"
+ERROR_SNAPSHOT_TOO_LARGE: Final = "snapshot_too_large"
 ERRORS: Final = (
     ERROR_NOT_JSON,
     ERROR_BAD_REQUEST,
     ERROR_BAD_SYMBOL,
     ERROR_TOO_MANY_SYMBOLS,
     ERROR_TOO_LARGE,
+    ERROR_SNAPSHOT_TOO_LARGE,
 )
+DEFAULT_MAX_SNAPSHOT_BYTES: Final = 64 * 1024 * 1024
+# Reply bytes per symbol besides its payload: the symbol key, "seq", "tick" and punctuation.
+_SNAPSHOT_BYTES_PER_SYMBOL: Final = 112
 
 # symbols (None = all) -> {symbol: (last seq, last payload bytes or None)}
 SnapshotSource = Callable[[Iterable[str] | None], dict[str, tuple[int, bytes | None]]]
@@ -70,6 +75,9 @@ class SyncHandler:
         Larger requests get a ``too_many_symbols`` error (bounds the work and the reply size).
     max_request_bytes:
         Larger requests get a ``too_large`` error.
+    max_snapshot_bytes:
+        A snapshot that would be larger gets a ``snapshot_too_large`` error before it is built
+        (bounds the reply's memory: payloads can be up to ingest.max_message_bytes each).
     """
 
     def __init__(
@@ -78,11 +86,13 @@ class SyncHandler:
         epoch: int,
         max_symbols_per_request: int,
         max_request_bytes: int,
+        max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
     ) -> None:
         self._snapshot_source = snapshot_source
         self.epoch = epoch
         self.max_symbols_per_request = max_symbols_per_request
         self.max_request_bytes = max_request_bytes
+        self.max_snapshot_bytes = max_snapshot_bytes
         self.snapshots_served = 0
         self.rejected_by_reason: dict[str, int] = dict.fromkeys(ERRORS, 0)
         self.ready_clients: set[str] = set()
@@ -148,6 +158,16 @@ class SyncHandler:
                         ERROR_BAD_SYMBOL, f"{str(symbol)[:80]!r}: {symbol_problem(symbol)}"
                     )
         cache = self._snapshot_source(symbols)
+        estimated_bytes = sum(
+            len(symbol) + (len(payload) if payload is not None else 4)
+            for symbol, (_seq, payload) in cache.items()
+        ) + _SNAPSHOT_BYTES_PER_SYMBOL * len(cache)
+        if estimated_bytes > self.max_snapshot_bytes:
+            raise _BadRequest(
+                ERROR_SNAPSHOT_TOO_LARGE,
+                f"the snapshot of {len(cache)} symbols would be about {estimated_bytes} bytes, "
+                f"over sync.max_snapshot_bytes ({self.max_snapshot_bytes})",
+            )
         snapshot = {
             symbol: {
                 "seq": seq,

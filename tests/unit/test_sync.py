@@ -114,3 +114,22 @@ def test_any_request_gets_one_json_reply_and_is_counted(request: bytes) -> None:
     else:
         assert reply["error"] in ERRORS
         assert sum(handler.rejected_by_reason.values()) == 1
+
+
+def test_a_snapshot_over_its_byte_bound_is_refused_before_it_is_built() -> None:
+    frames: list[bytes] = []
+    publisher = Publisher(frames.append, epoch=9, max_symbols=1000)
+    bound = 20_000
+    handler = SyncHandler(publisher.last_values, 9, 1000, 4096, max_snapshot_bytes=bound)
+    publisher.publish([_tick(f"S{index:03d}") for index in range(50)])
+    small = orjson.loads(handler.handle(_request()).reply)
+    assert small["ok"] is True and len(small["snapshot"]) == 50
+    assert len(orjson.dumps(small)) < bound
+    publisher.publish([{**_tick(f"B{index:03d}"), "note": "x" * 500} for index in range(50)])
+    refused = handler.handle(_request())
+    assert orjson.loads(refused.reply)["error"] == "snapshot_too_large"
+    assert refused.marker_frame is None
+    assert handler.rejected_by_reason["snapshot_too_large"] == 1
+    # A client asking for fewer symbols still gets its snapshot.
+    few = orjson.loads(handler.handle(_request(symbols=["B001", "S001"])).reply)
+    assert few["ok"] is True and set(few["snapshot"]) == {"B001", "S001"}
