@@ -10,11 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = PROJECT_ROOT / "schemas"
@@ -142,6 +145,25 @@ def wait_for_first_message(
         if process.popen.poll() is not None:
             pytest.fail(f"feedsvc serve exited with {process.popen.returncode}:\n{process.log}")
     pytest.fail(f"no message from feedsvc serve within {timeout_s} s:\n{process.log}")
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of GET http://127.0.0.1:port/path, error statuses included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def metric_samples(text: bytes) -> dict[str, float]:
+    """name{labels} -> value, for every sample in an exposition (labels sorted by name)."""
+    samples = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 KAFKA_SCRIPT = PROJECT_ROOT / "scripts" / "kafka.sh"

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServeProcess, free_tcp_port, subscribed_probe
-from tests.integration.test_metrics import _get, _samples, _settings
+from tests.conftest import ServeProcess, free_tcp_port, http_get, metric_samples, subscribed_probe
+from tests.integration.test_metrics import _settings
 from tests.unit.test_dashboard import queried_metrics
 
 Serve = Callable[..., ServeProcess]
@@ -20,7 +20,7 @@ Serve = Callable[..., ServeProcess]
 def _exposed(text: bytes) -> set[str]:
     """Metric names a query can use, including families with no samples yet (a labelled counter
     before its first increment): counters by their _total name, histograms by their base name."""
-    names = {name.split("{", 1)[0] for name in _samples(text)}
+    names = {name.split("{", 1)[0] for name in metric_samples(text)}
     for family in text_string_to_metric_families(text.decode()):
         if family.type == "counter":
             names.add(f"{family.name}_total")
@@ -37,7 +37,7 @@ def test_every_server_metric_the_dashboard_queries_is_scraped(
     port = free_tcp_port()
     process = serve(*_settings(ipc_endpoint, port, "synthetic.rate=500"))
     subscribed_probe(zmq_context, ipc_endpoint, process, b"")
-    status, text = _get(port, "/metrics")
+    status, text = http_get(port, "/metrics")
     assert status == 200
     server = {name for name in queried_metrics() if not name.startswith("feedsvc_client_")}
     assert server, "the dashboard queries no server-side metrics"
@@ -73,7 +73,7 @@ def test_every_client_metric_the_dashboard_queries_is_scraped(
         while missing and time.monotonic() < deadline:
             assert client.poll() is None, f"feedsvc subscribe exited with {client.returncode}"
             try:
-                status, text = _get(port, "/metrics")
+                status, text = http_get(port, "/metrics")
             except OSError:
                 time.sleep(0.1)
                 continue

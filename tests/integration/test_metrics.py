@@ -6,15 +6,12 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 
 import orjson
 import pytest
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from feedsvc.config import load_config
 from feedsvc.service import Service
@@ -22,28 +19,12 @@ from tests.conftest import (
     KafkaBroker,
     ServeProcess,
     free_tcp_port,
+    http_get,
+    metric_samples,
     subscribed_probe,
 )
 
 Serve = Callable[..., ServeProcess]
-
-
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def _samples(text: bytes) -> dict[str, float]:
-    """name{labels} -> value, for every sample in an exposition."""
-    samples = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def _promtool() -> str:
@@ -72,11 +53,11 @@ def test_scrape_moves_and_promtool_accepts_it(
     process = serve(*_settings(ipc_endpoint, port, "synthetic.rate=2000"))
     # Kept open: it is the one subscriber the scrape must count.
     _subscriber = subscribed_probe(zmq_context, ipc_endpoint, process, b"")
-    status, first = _get(port, "/metrics")
+    status, first = http_get(port, "/metrics")
     assert status == 200
     time.sleep(1.0)
-    _, second = _get(port, "/metrics")
-    before, after = _samples(first), _samples(second)
+    _, second = http_get(port, "/metrics")
+    before, after = metric_samples(first), metric_samples(second)
     assert after["feedsvc_ticks_published_total"] > before["feedsvc_ticks_published_total"] + 500
     assert (
         after['feedsvc_ticks_ingested_total{source="synthetic"}']
@@ -110,14 +91,14 @@ def test_healthz_is_503_until_publishing_then_200(ipc_endpoint: str) -> None:
     service.start()
     runner = threading.Thread(target=service.run, daemon=True)
     try:
-        status, body = _get(port, "/healthz")
+        status, body = http_get(port, "/healthz")
         assert status == 503
         assert orjson.loads(body)["reason"] == "not publishing yet"
         runner.start()
         deadline = time.monotonic() + 10
-        while _get(port, "/healthz")[0] != 200 and time.monotonic() < deadline:
+        while http_get(port, "/healthz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
-        status, body = _get(port, "/healthz")
+        status, body = http_get(port, "/healthz")
         assert status == 200
         health = orjson.loads(body)
         assert health["status"] == "ok" and health["epoch"] == service.epoch
@@ -134,7 +115,7 @@ def test_healthz_is_503_until_publishing_then_200(ipc_endpoint: str) -> None:
 
 def _get_fails(port: int) -> bool:
     try:
-        _get(port, "/healthz")
+        http_get(port, "/healthz")
     except OSError:
         return True
     return False
@@ -162,7 +143,7 @@ def test_metrics_report_every_published_tick_acknowledged_by_kafka(
     samples: dict[str, float] = {}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        samples = _samples(_get(port, "/metrics")[1])
+        samples = metric_samples(http_get(port, "/metrics")[1])
         if samples["feedsvc_mirror_delivered_total"] == 3000:
             break
         time.sleep(0.2)
@@ -170,6 +151,6 @@ def test_metrics_report_every_published_tick_acknowledged_by_kafka(
     assert samples["feedsvc_mirror_delivered_total"] == 3000
     assert samples["feedsvc_mirror_queue_ticks"] == 0
     assert samples["feedsvc_mirror_connected"] == 1
-    assert orjson.loads(_get(port, "/healthz")[1])["mirror"]["connected"] is True
+    assert orjson.loads(http_get(port, "/healthz")[1])["mirror"]["connected"] is True
     assert process.terminate() == 0
     assert "mirror: 3000 of 3000 published ticks acknowledged by Kafka" in process.log
