@@ -485,10 +485,17 @@ class SyncHandshake:
             f"{no_reply} without a reply and {no_marker} without the marker on the SUB socket, "
             f"{self.timeout_s:g} s each"
         )
+        # A Curve refusal looks like silence from here: name it where it can be the cause.
+        curve_hint = (
+            "; a service with curve.enabled answers only keys in its curve.authorized_keys "
+            "(check --curve-server-key and --curve-client-cert)"
+            if self.endpoint.startswith("tcp://")
+            else ""
+        )
         raise SyncError(
             f"sync with {self.endpoint} failed after {self.attempts_made} attempts ({detail}); "
             f"check that feedsvc serve runs with sync.endpoint {self.endpoint} and that the "
-            "subscriber's endpoints are that service's publisher endpoints",
+            f"subscriber's endpoints are that service's publisher endpoints{curve_hint}",
             endpoint=self.endpoint,
             code=code,
             detail=detail,

@@ -280,6 +280,24 @@ def test_feedsvc_subscribe_takes_curve_keys(curve_service: CurveService) -> None
     assert plain.stdout == ""
     assert orjson.loads(plain.stderr.splitlines()[-1])["received"] == 0
 
+    # An unlisted key with --sync: exit 1, and the message points at the keys.
+    refused = _feedsvc(
+        "subscribe",
+        "--endpoint",
+        curve_service.publisher,
+        "--sync",
+        curve_service.sync,
+        "--sync-timeout",
+        "0.5",
+        "--curve-server-key",
+        str(keys / "server.key"),
+        "--curve-client-cert",
+        str(keys / "mallory.key_secret"),
+        "--json",
+    )
+    assert refused.returncode == 1
+    assert "curve.authorized_keys" in refused.stderr and refused.stdout == ""
+
     half = _feedsvc("subscribe", "--curve-server-key", str(keys / "server.key"), "--duration", "1")
     assert half.returncode == 2
     assert "--curve-server-key and --curve-client-cert go together" in half.stderr
