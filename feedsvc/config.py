@@ -38,15 +38,34 @@ class ConfigError(ValueError):
     """A configuration value is wrong. str() is one line that names the key."""
 
     def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
+        # Keys and values come from the user: a line break in either must not split the line.
+        key = _escape_line_breaks(key)
+        super().__init__(f"{key}: {_escape_line_breaks(problem)}")
         self.key = key
+
+
+def _escape_line_breaks(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+# Longest rendering of a wrong value in a message: a value can be megabytes (YAML aliases).
+_SHOWN_CHARACTERS = 80
+
+
+def _shown(value: object) -> str:
+    """repr(value), cut to _SHOWN_CHARACTERS (and safe for integers of any size)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"  # type: ignore[attr-defined]
+    return text if len(text) <= _SHOWN_CHARACTERS else text[: _SHOWN_CHARACTERS - 3] + "..."
 
 
 def _check_endpoint(value: str) -> str | None:
     if not value.startswith(ENDPOINT_SCHEMES):
-        return f"endpoint {value!r} must start with ipc:// or tcp://"
+        return f"endpoint {_shown(value)} must start with ipc:// or tcp://"
     if value in ENDPOINT_SCHEMES:
-        return f"endpoint {value!r} has no address"
+        return f"endpoint {_shown(value)} has no address"
     return None
 
 
@@ -161,9 +180,10 @@ class MetricsConfig:
 def _check_producer_settings(settings: dict[str, Any]) -> str | None:
     wrong_type = next(
         (
-            f"{key!r} must be a string, number or boolean"
+            f"{_shown(key)} must be a string, number or boolean (finite)"
             for key, value in settings.items()
             if not isinstance(value, str | int | float | bool)
+            or (isinstance(value, float) and not math.isfinite(value))
         ),
         None,
     )
@@ -204,7 +224,7 @@ class KafkaConfig:
 
 def _check_file_mode(mode: int) -> str | None:
     if not 0 <= mode <= 0o777:
-        return f"must be a permission mode from 0 to 0777 (octal, e.g. 0600), got {mode!r}"
+        return f"must be a permission mode from 0 to 0777 (octal, e.g. 0600), got {_shown(mode)}"
     if not mode & 0o200:
         return f"must let the owner write (connect), got {mode:04o}"
     return None
@@ -275,12 +295,12 @@ def _type_problem(expected: Any, value: Any) -> str | None:
     origin = get_origin(expected)
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
-            return f"must be a mapping of names to values, got {value!r}"
+            return f"must be a mapping of names to values, got {_shown(value)}"
         return None
     if origin is list:
         (item_type,) = get_args(expected)
         if not isinstance(value, list):
-            return f"must be a list, got {value!r}"
+            return f"must be a list, got {_shown(value)}"
         return next(
             (
                 f"item {index}: {problem}"
@@ -293,22 +313,29 @@ def _type_problem(expected: Any, value: Any) -> str | None:
         problems = [_type_problem(option, value) for option in get_args(expected)]
         return None if None in problems else problems[0]
     if expected is bool:
-        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        return None if isinstance(value, bool) else f"must be true or false, got {_shown(value)}"
     if expected is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-        return None if ok else f"must be an integer, got {value!r}"
+        return None if ok else f"must be an integer, got {_shown(value)}"
     if expected is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok else f"must be a number, got {value!r}"
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
+        return None if ok else f"must be a number, got {_shown(value)}"
     if expected is str:
-        return None if isinstance(value, str) else f"must be a string, got {value!r}"
+        return None if isinstance(value, str) else f"must be a string, got {_shown(value)}"
     raise TypeError(f"unsupported config type {expected!r}")
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _build(section_type: type, values: Mapping[str, Any], prefix: str) -> Any:
     """Build one dataclass from a mapping, validating every value; unknown keys are errors."""
     if not isinstance(values, Mapping):
-        raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {values!r}")
+        raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {_shown(values)}")
     hints = get_type_hints(section_type)
     known = {item.name: item for item in dataclasses.fields(section_type)}
     for key in values:
@@ -326,9 +353,9 @@ def _build(section_type: type, values: Mapping[str, Any], prefix: str) -> Any:
         problem = _type_problem(hints[name], value)
         minimum, maximum = item.metadata.get("minimum"), item.metadata.get("maximum")
         if problem is None and minimum is not None and value < minimum:
-            problem = f"must be >= {minimum}, got {value!r}"
+            problem = f"must be >= {minimum}, got {_shown(value)}"
         if problem is None and maximum is not None and value > maximum:
-            problem = f"must be <= {maximum}, got {value!r}"
+            problem = f"must be <= {maximum}, got {_shown(value)}"
         check = item.metadata.get("check")
         if problem is None and check is not None:
             problem = check(value)
@@ -342,16 +369,29 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     """Parse one `--set section.key=value`; the value is YAML (lists, numbers, booleans)."""
     path, equals, raw_value = assignment.partition("=")
     if not equals or not path.strip():
-        raise ConfigError(assignment, "--set needs the form section.key=value")
+        raise ConfigError(assignment.strip() or "--set", "--set needs the form section.key=value")
     try:
         value = yaml.load(raw_value, Loader=_YamlLoader) if raw_value.strip() else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(path.strip(), f"value is not valid YAML: {_one_line(error)}") from None
+    except _YAML_ERRORS as error:
+        raise ConfigError(
+            path.strip(), f"value is not valid YAML: {_yaml_problem(error)}"
+        ) from None
     return path.strip().split("."), value
 
 
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
+
+
+# What PyYAML raises for input it cannot take: its own errors, integers over Python's digit
+# limit (ValueError), and nesting deeper than the interpreter's recursion limit.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def _yaml_problem(error: Exception) -> str:
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return _one_line(error)[:200]
 
 
 def load_config(path: Path | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -365,11 +405,14 @@ def load_config(path: Path | None = None, overrides: Iterable[str] = ()) -> Conf
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.load(Path(path).read_text(), Loader=_YamlLoader)
+            loaded = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_YamlLoader)
         except OSError as error:
             raise ConfigError("--config", f"cannot read {path}: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError("--config", f"{path} is not valid YAML: {_one_line(error)}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("--config", f"{path} is not UTF-8 text") from None
+        except _YAML_ERRORS as error:
+            problem = _yaml_problem(error)
+            raise ConfigError("--config", f"{path} is not valid YAML: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("--config", f"{path} must hold a mapping of sections")
         raw = loaded or {}
