@@ -32,14 +32,19 @@ def is_tcp(endpoint: str) -> bool:
     return endpoint.startswith("tcp://")
 
 
-def load_key_pair(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
-    """(public, secret) from a NAME.key_secret file; ValueError says what is wrong with it."""
+def _read_certificate(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) from a zmq.auth certificate; ValueError says what is wrong."""
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(path)
     except OSError:
         raise ValueError(f"cannot read the certificate {os.fspath(path)!r}") from None
     except ValueError:
         raise ValueError(f"{os.fspath(path)!r} is not a zmq certificate (no public-key)") from None
+
+
+def load_key_pair(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """(public, secret) from a NAME.key_secret file; ValueError says what is wrong with it."""
+    public, secret = _read_certificate(path)
     if secret is None:
         raise ValueError(
             f"{os.fspath(path)!r} holds no secret key (give the NAME.key_secret file, not NAME.key)"
@@ -49,13 +54,7 @@ def load_key_pair(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
 
 def load_public_key(path: str | os.PathLike[str]) -> bytes:
     """The public key of a NAME.key (or NAME.key_secret) file; ValueError says what is wrong."""
-    try:
-        public, _secret = zmq.auth.load_certificate(path)
-    except OSError:
-        raise ValueError(f"cannot read the certificate {os.fspath(path)!r}") from None
-    except ValueError:
-        raise ValueError(f"{os.fspath(path)!r} is not a zmq certificate (no public-key)") from None
-    return public
+    return _read_certificate(path)[0]
 
 
 def authorized_key_count(directory: str | os.PathLike[str]) -> int:
