@@ -18,7 +18,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from feedsvc.secrets import secret_problem
+from feedsvc.curve import authorized_key_count, load_key_pair
+from feedsvc.secret_refs import secret_problem
 
 ENDPOINT_SCHEMES = ("ipc://", "tcp://")
 
@@ -253,8 +254,6 @@ class CurveConfig:
     def __post_init__(self) -> None:
         if not self.enabled:
             return
-        from feedsvc.curve import authorized_key_count, load_key_pair
-
         if not self.server_secret:
             raise ConfigError("curve.server_secret", "must name a NAME.key_secret file")
         if not self.authorized_keys:

@@ -33,7 +33,7 @@ import zmq
 
 from feedsvc.config import KafkaConfig, LogConfig
 from feedsvc.logs import RateLimiter, setup_logging
-from feedsvc.secrets import resolve_secrets
+from feedsvc.secret_refs import resolve_secrets
 from feedsvc.ticks import TOPIC_DELIMITER
 
 log = logging.getLogger("feedsvc.mirror")
