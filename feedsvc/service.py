@@ -168,7 +168,8 @@ class Service:
                         self._context, curve_config.server_secret, curve_config.authorized_keys
                     )
                 except ValueError as error:
-                    raise StartupError(f"curve.server_secret: {error}") from None
+                    # config validated both files; this is one changed since (the path says which)
+                    raise StartupError(f"curve: {error}") from None
             pub = self._pub = self._context.socket(zmq.PUB)
             pub.setsockopt(zmq.SNDHWM, publisher_config.sndhwm)
             if publisher_config.sndbuf:
