@@ -87,16 +87,25 @@ def _seqs_after(sub: zmq.Socket, count: int) -> dict[str, list[int]]:
     return seqs
 
 
+def _sync_service_mid_stream(
+    serve: Serve, zmq_context: zmq.Context, endpoints: list[str], symbols: int
+) -> str:
+    """Start a service at 20k ticks/s with a sync endpoint and let the feed run for 0.5 s, so a
+    snapshot is taken mid-stream; returns the sync endpoint."""
+    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    process = serve(
+        *serve_settings(endpoints, "synthetic.rate=20000", f"synthetic.symbols={symbols}"),
+        f"sync.endpoint={sync_endpoint}",
+    )
+    subscribed_probe(zmq_context, endpoints[0], process, b"_hb ")
+    time.sleep(0.5)
+    return sync_endpoint
+
+
 def test_joining_at_full_speed_misses_nothing_from_the_snapshot_on(
     serve: Serve, ipc_endpoint: str, zmq_context: zmq.Context
 ) -> None:
-    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    process = serve(
-        *serve_settings([ipc_endpoint], "synthetic.rate=20000", "synthetic.symbols=50"),
-        f"sync.endpoint={sync_endpoint}",
-    )
-    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
-    time.sleep(0.5)  # the feed runs: the snapshot is mid-stream
+    sync_endpoint = _sync_service_mid_stream(serve, zmq_context, [ipc_endpoint], 50)
     for _ in range(3):  # several joins while the feed runs
         sub, reply, before_marker = _handshake(zmq_context, ipc_endpoint, sync_endpoint, None)
         snapshot = reply["snapshot"]
@@ -209,15 +218,7 @@ def test_wait_subscribers_gives_each_client_seq_1_of_every_symbol(
 def test_client_library_joins_a_running_service_without_gaps_or_duplicates(
     serve: Serve, ipc_endpoint: str, tcp_endpoint: str, zmq_context: zmq.Context
 ) -> None:
-    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    process = serve(
-        *serve_settings(
-            [ipc_endpoint, tcp_endpoint], "synthetic.rate=20000", "synthetic.symbols=50"
-        ),
-        f"sync.endpoint={sync_endpoint}",
-    )
-    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
-    time.sleep(0.5)
+    sync_endpoint = _sync_service_mid_stream(serve, zmq_context, [ipc_endpoint, tcp_endpoint], 50)
     for endpoint in (ipc_endpoint, tcp_endpoint, ipc_endpoint, tcp_endpoint):
         symbols = ["SYN0003", "SYN0017", "SYN0042"]
         with Subscriber(
@@ -240,13 +241,7 @@ def test_client_library_joins_a_running_service_without_gaps_or_duplicates(
 def test_subscribe_cli_with_sync_prints_contiguous_seqs_from_the_snapshot(
     serve: Serve, ipc_endpoint: str, zmq_context: zmq.Context
 ) -> None:
-    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    process = serve(
-        *serve_settings([ipc_endpoint], "synthetic.rate=20000", "synthetic.symbols=20"),
-        f"sync.endpoint={sync_endpoint}",
-    )
-    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
-    time.sleep(0.5)
+    sync_endpoint = _sync_service_mid_stream(serve, zmq_context, [ipc_endpoint], 20)
     result = subprocess.run(
         [
             sys.executable,
@@ -283,15 +278,7 @@ def test_subscribe_cli_with_sync_prints_contiguous_seqs_from_the_snapshot(
 def test_many_clients_joining_at_once_each_get_contiguous_ticks(
     serve: Serve, ipc_endpoint: str, tcp_endpoint: str, zmq_context: zmq.Context
 ) -> None:
-    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    process = serve(
-        *serve_settings(
-            [ipc_endpoint, tcp_endpoint], "synthetic.rate=20000", "synthetic.symbols=50"
-        ),
-        f"sync.endpoint={sync_endpoint}",
-    )
-    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb ")
-    time.sleep(0.5)
+    sync_endpoint = _sync_service_mid_stream(serve, zmq_context, [ipc_endpoint, tcp_endpoint], 50)
     problems: list[str] = []
 
     def join(index: int) -> None:
