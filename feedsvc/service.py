@@ -54,7 +54,8 @@ _HANDSHAKE_FAILURES = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 # Label values of rejected handshakes: a key not on curve.authorized_keys (ZAP said no); no
-# Curve, the wrong server key or not ZMTP at all; anything libzmq does not detail.
+# Curve, the wrong server key or not ZMTP at all; anything libzmq does not detail (a peer that
+# sees the mismatch too and hangs up first lands here: which side notices first is a race).
 HANDSHAKE_REJECT_REASONS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
@@ -464,7 +465,7 @@ class Service:
         }
         hint = (
             " (auth: key not in curve.authorized_keys; protocol: no Curve, wrong server key or "
-            "not ZeroMQ)"
+            "not ZeroMQ; other: the peer hung up mid-handshake, often for those same reasons)"
             if self._curve is not None
             else ""
         )

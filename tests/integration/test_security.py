@@ -36,6 +36,9 @@ from tests.conftest import (
 Serve = Callable[..., ServeProcess]
 # How long a refused client is watched for anything arriving (ticks flow at 500/s meanwhile).
 NOTHING_WINDOW_S = 2.0
+# A peer without Curve or with the wrong server key is counted as `protocol`, or as `other`
+# when it hangs up first (it sees the mismatch too): which one is a race inside libzmq.
+NOT_CURVE_TO_THIS_SERVER = ("protocol", "other")
 
 
 def _feedsvc(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -64,10 +67,15 @@ class CurveService:
             self.keys / f"{server}.key", self.keys / f"{name}.key_secret"
         )
 
-    def rejected(self, socket_name: str, reason: str) -> float:
-        _, text = http_get(self.metrics_port, "/metrics")
-        name = f'feedsvc_handshakes_rejected_total{{reason="{reason}",socket="{socket_name}"}}'
-        return metric_samples(text)[name]
+    def rejected(self, socket_name: str, *reasons: str) -> float:
+        """Refused handshakes on one socket, summed over the given reasons."""
+        samples = metric_samples(http_get(self.metrics_port, "/metrics")[1])
+        return sum(
+            samples[
+                f'feedsvc_handshakes_rejected_total{{reason="{reason}",socket="{socket_name}"}}'
+            ]
+            for reason in reasons
+        )
 
 
 @pytest.fixture
@@ -175,7 +183,7 @@ def test_unlisted_keys_and_plain_clients_receive_nothing_and_are_counted(
     assert not request.poll(int(NOTHING_WINDOW_S * 1000)), "an unlisted key got a snapshot"
 
     assert curve_service.rejected("publisher", "auth") >= 1
-    assert curve_service.rejected("publisher", "protocol") >= 2
+    assert curve_service.rejected("publisher", *NOT_CURVE_TO_THIS_SERVER) >= 2
     assert curve_service.rejected("sync", "auth") >= 1
     assert curve_service.rejected("ingest", "auth") == 0
 
@@ -214,7 +222,7 @@ def test_ticks_pushed_by_an_unauthorized_feed_never_reach_subscribers(
         seen[symbol] = seen.get(symbol, 0) + 1
     assert seen.get("GOOD") == 50, seen
     assert "EVIL1" not in seen and "EVIL2" not in seen, seen
-    assert curve_service.rejected("ingest", "protocol") >= 1
+    assert curve_service.rejected("ingest", *NOT_CURVE_TO_THIS_SERVER) >= 1
 
 
 def test_rejections_are_logged_rate_limited(
@@ -223,13 +231,15 @@ def test_rejections_are_logged_rate_limited(
     """A client hammering the port costs a log line per interval, not a line per attempt."""
     attempts = [_sub(zmq_context, curve_service.publisher, None) for _ in range(30)]
     _wait_for(
-        lambda: curve_service.rejected("publisher", "protocol") >= 30, 10, "30 refusals counted"
+        lambda: curve_service.rejected("publisher", *NOT_CURVE_TO_THIS_SERVER) >= 30,
+        10,
+        "30 refusals counted",
     )
     time.sleep(0.5)
     lines = [line for line in curve_service.process.log.splitlines() if "rejected" in line]
     # curve.reject_log_interval_s is 10 s: at most two reports in this test's few seconds.
     assert 1 <= len(lines) <= 2, lines
-    assert "publisher/protocol" in lines[0]
+    assert "publisher/protocol" in lines[0] or "publisher/other" in lines[0], lines
     for socket in attempts:
         socket.close()
 
