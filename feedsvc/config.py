@@ -14,7 +14,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -22,6 +22,9 @@ from feedsvc.curve import authorized_key_count, load_key_pair
 from feedsvc.secret_refs import secret_problem
 
 ENDPOINT_SCHEMES = ("ipc://", "tcp://")
+# kafka.producer settings that say how to reach and log in to the cluster, as opposed to
+# producer tuning: the mirror's topic admin client and `feedsvc replay --config` use these.
+KAFKA_CONNECTION_PREFIXES: Final = ("security.", "sasl.", "ssl.", "enable.ssl.")
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -188,7 +191,9 @@ def _check_producer_settings(settings: dict[str, Any]) -> str | None:
         ),
         None,
     )
-    return wrong_type or secret_problem(settings)
+    # Secret references are checked by load_config, not here: replay reads this section too,
+    # and its -X may replace a reference it could not resolve.
+    return wrong_type
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,14 @@ class KafkaConfig:
     # librdkafka producer settings passed through (security, tuning), e.g. {"linger.ms": 50};
     # a value "${env:NAME}" or "${file:PATH}" is read from there when the producer starts.
     producer: dict[str, Any] = _setting({}, check=_check_producer_settings)
+
+    def connection_settings(self) -> dict[str, Any]:
+        """kafka.producer's security, SASL and SSL settings, secret references unresolved."""
+        return {
+            name: value
+            for name, value in self.producer.items()
+            if name.startswith(KAFKA_CONNECTION_PREFIXES)
+        }
 
 
 def _check_file_mode(mode: int) -> str | None:
@@ -401,6 +414,26 @@ def load_config(path: Path | None = None, overrides: Iterable[str] = ()) -> Conf
     ConfigError
         naming the first wrong key.
     """
+    config: Config = _build(Config, _load_raw(path, overrides), "")
+    problem = secret_problem(config.kafka.producer)
+    if problem is not None:
+        raise ConfigError("kafka.producer", problem)
+    return config
+
+
+def load_kafka_config(path: Path) -> KafkaConfig:
+    """Only the kafka section of a service config, validated: for clients of the mirror's
+    cluster (replay), which need not be able to read the service's other files (Curve keys).
+
+    Raises
+    ------
+    ConfigError
+        naming the first wrong key.
+    """
+    return _build(KafkaConfig, _load_raw(path, ()).get("kafka") or {}, "kafka.")
+
+
+def _load_raw(path: Path | None, overrides: Iterable[str]) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -424,7 +457,7 @@ def load_config(path: Path | None = None, overrides: Iterable[str] = ()) -> Conf
                 raise ConfigError(".".join(keys[: depth + 1]), "is not a section")
             section = nested
         section[keys[-1]] = value
-    return _build(Config, raw, "")
+    return raw
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:

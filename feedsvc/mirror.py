@@ -31,7 +31,7 @@ from typing import Any, Final
 import orjson
 import zmq
 
-from feedsvc.config import KafkaConfig, LogConfig
+from feedsvc.config import KAFKA_CONNECTION_PREFIXES, KafkaConfig, LogConfig
 from feedsvc.logs import RateLimiter, setup_logging
 from feedsvc.secret_refs import resolve_secrets
 from feedsvc.ticks import TOPIC_DELIMITER
@@ -282,7 +282,7 @@ class _MirrorProducer:
             {
                 key: value
                 for key, value in settings.items()
-                if key.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "log_level"))
+                if key.startswith(("bootstrap.", "log_level", *KAFKA_CONNECTION_PREFIXES))
             }
         )
 

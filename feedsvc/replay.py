@@ -65,6 +65,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from feedsvc.config import ConfigError, load_kafka_config
+from feedsvc.secret_refs import SecretError, resolve_secrets
 from feedsvc.ticks import symbol_problem
 
 DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
@@ -580,6 +582,11 @@ def _umask() -> int:
 # --- Kafka ------------------------------------------------------------------------------------
 
 
+_LOGIN_ERRORS: Final = frozenset(
+    {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED}
+)
+
+
 class _KafkaErrors:
     """The last error librdkafka reported through error_cb: the cause named in our messages."""
 
@@ -592,33 +599,77 @@ class _KafkaErrors:
     def cause(self) -> str:
         return "" if self.last is None else f" (last error: {self.last.str()})"
 
+    def login_refused(self) -> bool:
+        """The broker answered but refused the SASL login or the TLS handshake."""
+        return self.last is not None and self.last.code() in _LOGIN_ERRORS
 
-def make_consumer(bootstrap: str, errors: _KafkaErrors | None = None) -> Consumer:
-    """A consumer for assign()-only reading: nothing is ever committed for its throwaway group."""
+
+# Settings replay decides itself (with bootstrap.servers, group.id and error_cb): -X cannot
+# change them, because the read plan depends on them.
+REPLAY_CONSUMER_SETTINGS: Final[Mapping[str, Any]] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    # The end of a partition ends its read even when its last offsets hold no message
+    # (transaction markers, compaction).
+    "enable.partition.eof": True,
+    # Only if data was deleted by retention after the offsets were looked up.
+    "auto.offset.reset": "earliest",
+    # A fetch long-polls the broker this long when a partition has no newer data, which
+    # is the case at the end of every partition read; the next partition's first fetch
+    # waits behind it (500 ms per partition with the default).
+    "fetch.wait.max.ms": 10,
+    # Asking for an unknown topic must not create it (brokers may auto-create).
+    "allow.auto.create.topics": False,
+    # Connection failures reach error_cb and our error messages, not librdkafka's stderr.
+    "log_level": 2,
+}
+_SET_BY_REPLAY: Final = frozenset(
+    {*REPLAY_CONSUMER_SETTINGS, "bootstrap.servers", "group.id", "error_cb"}
+)
+
+
+def make_consumer(
+    bootstrap: str,
+    errors: _KafkaErrors | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Consumer:
+    """A consumer for assign()-only reading: nothing is ever committed for its throwaway group.
+
+    `settings` are extra librdkafka settings for reaching the cluster (security, SASL, SSL);
+    a value "${env:NAME}" or "${file:PATH}" is read from there now.
+
+    Raises
+    ------
+    ReplayError
+        A setting replay sets itself, a secret that cannot be read, or one librdkafka refuses;
+        the message never holds a secret.
+    """
     errors = errors or _KafkaErrors()
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            # Required by the client; unique so it can never share state with a real group.
-            "group.id": f"feedsvc-replay-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            # The end of a partition ends its read even when its last offsets hold no message
-            # (transaction markers, compaction).
-            "enable.partition.eof": True,
-            # Only if data was deleted by retention after the offsets were looked up.
-            "auto.offset.reset": "earliest",
-            # A fetch long-polls the broker this long when a partition has no newer data, which
-            # is the case at the end of every partition read; the next partition's first fetch
-            # waits behind it (500 ms per partition with the default).
-            "fetch.wait.max.ms": 10,
-            # Asking for an unknown topic must not create it (brokers may auto-create).
-            "allow.auto.create.topics": False,
-            # Connection failures reach error_cb and our error messages, not librdkafka's stderr.
-            "log_level": 2,
-            "error_cb": errors.record,
-        }
-    )
+    settings = settings or {}
+    taken = sorted(_SET_BY_REPLAY.intersection(settings))
+    if taken:
+        raise ReplayError(f"Kafka setting {taken[0]} is set by replay itself and cannot be changed")
+    try:
+        resolved = resolve_secrets(settings)
+    except SecretError as error:
+        raise ReplayError(f"Kafka setting {error}") from None
+    try:
+        return Consumer(
+            {
+                **resolved,
+                **REPLAY_CONSUMER_SETTINGS,
+                "bootstrap.servers": bootstrap,
+                # Required by the client; unique so it can never share state with a real group.
+                "group.id": f"feedsvc-replay-{uuid.uuid4().hex}",
+                "error_cb": errors.record,
+            }
+        )
+    except KafkaException as error:
+        message = error.args[0].str()
+        for name, value in resolved.items():
+            if value != settings[name] and str(value):
+                message = message.replace(str(value), f"<{name}>")
+        raise ReplayError(f"librdkafka refused the Kafka settings: {message}") from None
 
 
 def topic_partitions(consumer: Consumer, topic: str) -> list[int]:
@@ -914,6 +965,9 @@ class ReplayOptions:
     verify: bool = False
     show_progress: bool | None = None
     """None: a progress bar exactly when stderr is a terminal."""
+    kafka_settings: Mapping[str, Any] = field(default_factory=dict)
+    """librdkafka settings for reaching the cluster (security, SASL, SSL); a value
+    "${env:NAME}" or "${file:PATH}" is read from there when the consumer is made."""
     tick_filter: TickFilter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -933,16 +987,32 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         "2 error (broker unreachable, unknown topic, bad arguments)."
     )
     parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the service's config file: take kafka.bootstrap, kafka.topic and kafka.producer's "
+        "security.*, sasl.* and ssl.* settings from it (only its kafka section is read)",
+    )
+    parser.add_argument(
         "--bootstrap",
-        default=DEFAULT_BOOTSTRAP,
         metavar="HOST:PORT",
-        help=f"Kafka bootstrap servers (default: {DEFAULT_BOOTSTRAP})",
+        help=f"Kafka bootstrap servers (default: from --config, else {DEFAULT_BOOTSTRAP})",
     )
     parser.add_argument(
         "--topic",
-        default=DEFAULT_TOPIC,
         metavar="NAME",
-        help=f"topic of the mirror (default: {DEFAULT_TOPIC})",
+        help=f"topic of the mirror (default: from --config, else {DEFAULT_TOPIC})",
+    )
+    parser.add_argument(
+        "-X",
+        action="append",
+        dest="kafka_settings",
+        default=[],
+        type=_kafka_setting_argument,
+        metavar="NAME=VALUE",
+        help="a librdkafka consumer setting, repeatable, e.g. -X security.protocol=SASL_SSL "
+        "-X 'sasl.password=${env:KAFKA_PASSWORD}'; VALUE may be ${env:NAME} or ${file:PATH} "
+        "so the secret stays off the command line; overrides --config",
     )
     parser.add_argument(
         "--symbol",
@@ -989,20 +1059,47 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _kafka_setting_argument(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text.partition('=')[0]!r}")
+    return name.strip(), value
+
+
+def options_from_args(args: argparse.Namespace) -> ReplayOptions:
+    """ReplayOptions from parsed arguments: --bootstrap and --topic win over --config, -X over
+    the connection settings --config holds.
+
+    Raises
+    ------
+    ConfigError
+        --config cannot be read or its kafka section is wrong (naming the key).
+    """
+    bootstrap, topic, kafka_settings = DEFAULT_BOOTSTRAP, DEFAULT_TOPIC, {}
+    if args.config is not None:
+        kafka = load_kafka_config(args.config)
+        bootstrap, topic, kafka_settings = kafka.bootstrap, kafka.topic, kafka.connection_settings()
+    return ReplayOptions(
+        bootstrap=args.bootstrap or bootstrap,
+        topic=args.topic or topic,
+        kafka_settings={**kafka_settings, **dict(args.kafka_settings)},
+        symbols=args.symbols,
+        since_ns=args.since,
+        until_ns=args.until,
+        out=args.out,
+        output_format=args.output_format,
+        verify=args.verify,
+    )
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run `feedsvc replay` with parsed arguments; returns the exit code."""
-    return run_replay(
-        ReplayOptions(
-            bootstrap=args.bootstrap,
-            topic=args.topic,
-            symbols=args.symbols,
-            since_ns=args.since,
-            until_ns=args.until,
-            out=args.out,
-            output_format=args.output_format,
-            verify=args.verify,
-        )
-    )
+    try:
+        options = options_from_args(args)
+    except ConfigError as error:
+        print(f"feedsvc replay: config error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    return run_replay(options)
 
 
 def run_replay(options: ReplayOptions, stderr: TextIO | None = None) -> int:
@@ -1024,7 +1121,11 @@ def run_replay(options: ReplayOptions, stderr: TextIO | None = None) -> int:
         return EXIT_ERROR
     started_at = time.monotonic()
     errors = _KafkaErrors()
-    consumer = make_consumer(options.bootstrap, errors)
+    try:
+        consumer = make_consumer(options.bootstrap, errors, options.kafka_settings)
+    except ReplayError as error:
+        say(str(error))
+        return EXIT_ERROR
     verifier = AuditVerifier(options.since_ns) if options.verify else None
     counts = ReplayCounts()
     try:
@@ -1035,7 +1136,14 @@ def run_replay(options: ReplayOptions, stderr: TextIO | None = None) -> int:
         # librdkafka's last complaint (e.g. "Connection refused") is often the actual cause;
         # error_cb runs only from poll(), so serve the pending ones first.
         consumer.poll(0)
-        say(f"{error} [bootstrap {options.bootstrap}]{errors.cause()}")
+        if errors.login_refused():
+            # "Is a broker running?" would mislead: it is, and it said no.
+            say(
+                f"Kafka at {options.bootstrap} refused the connection: {errors.last.str()}; "
+                "check the security settings (-X, or kafka.producer in --config)"
+            )
+        else:
+            say(f"{error} [bootstrap {options.bootstrap}]{errors.cause()}")
         return EXIT_ERROR
     except ReplayError as error:
         say(str(error))
