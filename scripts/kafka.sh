@@ -9,6 +9,9 @@
 #   KAFKA_VERSION          Kafka release to run (default pinned below)
 #   KAFKA_PORT             client listener port (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener port (default KAFKA_PORT + 1)
+#   KAFKA_SASL_PORT        also listen here with SASL_PLAINTEXT, mechanism PLAIN (default: off)
+#   KAFKA_SASL_USERS       that listener's users, "NAME:PASSWORD NAME:PASSWORD ..." (written to
+#                          server.properties, which is then readable by its owner only)
 #   KAFKA_DATA_DIR         data, config, broker.log, kafka.pid (default run/kafka-$KAFKA_PORT)
 #   KAFKA_CACHE_DIR        the jar folder (default .cache/kafka/$KAFKA_VERSION/libs)
 #   KAFKA_START_TIMEOUT    seconds `start` waits for the broker to answer (default 90)
@@ -58,6 +61,17 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 
 # Absolute, because the path is written into server.properties and matched against the
 # broker's command line to recognise our own process.
+KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"
+KAFKA_SASL_USERS="${KAFKA_SASL_USERS:-}"
+if [ -n "$KAFKA_SASL_PORT" ]; then
+    [[ "$KAFKA_SASL_PORT" =~ ^[0-9]+$ ]] || die "KAFKA_SASL_PORT must be a port number, got '$KAFKA_SASL_PORT'"
+    [ -n "$KAFKA_SASL_USERS" ] || die "KAFKA_SASL_PORT needs KAFKA_SASL_USERS (\"NAME:PASSWORD ...\")"
+    # The JAAS line quotes the password: no quotes, backslashes or semicolons in it.
+    user_pattern='^[A-Za-z0-9_.-]+:[^"\;]+$'
+    for user in $KAFKA_SASL_USERS; do
+        [[ "$user" =~ $user_pattern ]] || die "KAFKA_SASL_USERS: '${user%%:*}' must be NAME:PASSWORD (password without quotes, backslashes or ';')"
+    done
+fi
 KAFKA_DATA_DIR="${KAFKA_DATA_DIR:-$PROJECT_ROOT/run/kafka-$KAFKA_PORT}"
 case "$KAFKA_DATA_DIR" in /*) ;; *) KAFKA_DATA_DIR="$PWD/$KAFKA_DATA_DIR" ;; esac
 CONFIG_FILE="$KAFKA_DATA_DIR/server.properties"
@@ -99,7 +113,7 @@ broker_pid() {
 
 # The client port the running broker was started with (the environment may say otherwise).
 configured_port() {
-    sed -n 's|^advertised\.listeners=PLAINTEXT://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$CONFIG_FILE" 2>/dev/null || true
+    sed -n 's|^advertised\.listeners=PLAINTEXT://127\.0\.0\.1:\([0-9]*\)\(,.*\)\{0,1\}$|\1|p' "$CONFIG_FILE" 2>/dev/null || true
 }
 
 # A plain TCP connect; costs nothing, unlike a JVM.
@@ -147,13 +161,24 @@ fetch_jars() {
 
 # Rewritten on every start so port changes take effect; the data itself is kept.
 write_config() {
-    local template
+    local template sasl_listener="" sasl_settings="" jaas user
     template="$(<"$HELPER_DIR/server.properties.in")"
+    if [ -n "$KAFKA_SASL_PORT" ]; then
+        sasl_listener=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+        jaas="org.apache.kafka.common.security.plain.PlainLoginModule required"
+        for user in $KAFKA_SASL_USERS; do jaas+=" user_${user%%:*}=\"${user#*:}\""; done
+        sasl_settings="listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=$jaas;"
+    fi
     # Quoted replacements: bash 5.2 would otherwise treat '&' in a path as the matched text.
     template="${template//@PORT@/"$KAFKA_PORT"}"
     template="${template//@CONTROLLER_PORT@/"$KAFKA_CONTROLLER_PORT"}"
     template="${template//@LOG_DIR@/"$LOG_DIR"}"
-    printf '%s\n' "$template" >"$CONFIG_FILE"
+    template="${template//@SASL_LISTENER@/"$sasl_listener"}"
+    template="${template//@SASL_SETTINGS@/"$sasl_settings"}"
+    # Owner-only: it may hold the SASL users' passwords.
+    (umask 077 && printf '%s\n' "$template" >"$CONFIG_FILE")
+    chmod 600 "$CONFIG_FILE"
 }
 
 # Kafka's Uuid format (16 random bytes, base64url, no padding), made here rather than with
@@ -275,9 +300,9 @@ cmd_start() {
         return 0
     fi
     rm -f "$PID_FILE"
-    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" $KAFKA_SASL_PORT; do
         if port_open "$port"; then
-            die "127.0.0.1:$port is already in use by another process; choose other ports with KAFKA_PORT / KAFKA_CONTROLLER_PORT or stop what holds it"
+            die "127.0.0.1:$port is already in use by another process; choose other ports with KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_PORT or stop what holds it"
         fi
     done
     fetch_jars
@@ -293,7 +318,7 @@ cmd_start() {
         rm -f "$PID_FILE"
         exit 1
     fi
-    echo "kafka: broker up at 127.0.0.1:$KAFKA_PORT (pid $pid)"
+    echo "kafka: broker up at 127.0.0.1:$KAFKA_PORT${KAFKA_SASL_PORT:+ (SASL_PLAINTEXT on 127.0.0.1:$KAFKA_SASL_PORT)} (pid $pid)"
 }
 
 cmd_stop() {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -170,16 +171,25 @@ KAFKA_SCRIPT = PROJECT_ROOT / "scripts" / "kafka.sh"
 
 
 class KafkaBroker:
-    """A real Apache Kafka broker started by scripts/kafka.sh for this test session."""
+    """A real Apache Kafka broker started by scripts/kafka.sh for this test session.
+
+    Clients connect in PLAINTEXT at `bootstrap`, or with SASL/PLAIN at `sasl_bootstrap` as one
+    of the users in `sasl_passwords` (fresh random passwords per session).
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.port = free_tcp_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.sasl_port = free_tcp_port()
+        self.sasl_bootstrap = f"127.0.0.1:{self.sasl_port}"
+        self.sasl_passwords = {name: secrets.token_urlsafe(16) for name in ("feedsvc", "auditor")}
         self.data_dir = data_dir
         self.env = {
             **os.environ,
             "KAFKA_PORT": str(self.port),
             "KAFKA_CONTROLLER_PORT": str(free_tcp_port()),
+            "KAFKA_SASL_PORT": str(self.sasl_port),
+            "KAFKA_SASL_USERS": " ".join(f"{n}:{p}" for n, p in self.sasl_passwords.items()),
             "KAFKA_DATA_DIR": str(data_dir),
         }
 

@@ -25,7 +25,6 @@ from feedsvc.curve import CurveClientKeys
 from feedsvc.curve import connect as curve_connect
 from feedsvc.service import Service
 from tests.conftest import (
-    KafkaBroker,
     ServeProcess,
     free_tcp_port,
     http_get,
@@ -379,49 +378,6 @@ def test_ipc_socket_files_get_the_configured_mode(
         assert stat.S_IMODE(folder.parent.stat().st_mode) == folder_mode
     finally:
         service.close()
-
-
-SECRET = "s3cr3t-Hunter2-never-print-me"
-
-
-def test_kafka_secrets_from_env_never_reach_logs_metrics_or_healthz(
-    serve: Serve,
-    kafka_broker: KafkaBroker,
-    ipc_endpoint: str,
-    zmq_context: zmq.Context,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """SASL settings go to librdkafka with the password from the environment; the password
-    shows up nowhere an operator or a scraper looks, even at log level DEBUG."""
-    monkeypatch.setenv("FEEDSVC_TEST_KAFKA_PASSWORD", SECRET)
-    metrics_port = free_tcp_port()
-    process = serve(
-        f"publisher.endpoints=[{ipc_endpoint}]",
-        "ingest.endpoint=",
-        "sync.endpoint=",
-        f"metrics.port={metrics_port}",
-        "log.level=DEBUG",
-        f"kafka.bootstrap={kafka_broker.bootstrap}",
-        "kafka.topic=secrets-test",
-        "kafka.flush_timeout_s=1",
-        # The broker listens in PLAINTEXT: the SASL attempt fails, and is logged.
-        "kafka.producer={security.protocol: SASL_PLAINTEXT, sasl.mechanism: PLAIN, "
-        'sasl.username: feedsvc, sasl.password: "${env:FEEDSVC_TEST_KAFKA_PASSWORD}"}',
-    )
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.LINGER, 0)
-    probe.subscribe(b"_hb")
-    probe.connect(ipc_endpoint)
-    wait_for_first_message(probe, process)
-    _wait_for(
-        lambda: "SASL" in process.log, 20, "the mirror's SASL failure logged", lambda: process.log
-    )
-    _, metrics = http_get(metrics_port, "/metrics")
-    _, health = http_get(metrics_port, "/healthz")
-    process.terminate()
-    assert SECRET not in process.log
-    assert SECRET.encode() not in metrics and SECRET.encode() not in health
-    assert b"feedsvc_mirror_connected 0.0" in metrics
 
 
 def test_a_missing_secret_stops_start_up_naming_the_setting(serve: Serve) -> None:
