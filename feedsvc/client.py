@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Final, NamedTuple, Self, TypeVar
 import orjson
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from feedsvc.curve import CurveClientKeys
 from feedsvc.curve import connect as curve_connect
@@ -81,6 +82,14 @@ _SYNC_REFUSAL_HINTS: Final = MappingProxyType(
         "too_large": "subscribe to fewer symbols per subscriber",
         "snapshot_too_large": "subscribe to fewer symbols per subscriber",
     }
+)
+
+# Handshake failures of the SUB socket: libzmq tells only a socket monitor, so without one a
+# refused Curve key (or Curve on one side only) looks exactly like a silent publisher.
+_HANDSHAKE_FAILURES: Final = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 
 log = logging.getLogger("feedsvc.client")
@@ -606,6 +615,27 @@ def _checked_entry(symbol: object, entry: object, epoch: int) -> dict[str, Any]:
     return {"seq": seq, "tick": tick}
 
 
+def describe_handshake_failure(event: int, value: int, endpoint: str) -> str:
+    """One line for a failed handshake as a client sees it (event and value from the socket
+    monitor), saying what to check."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"{endpoint} refused this client's Curve key (ZAP status {value}): it is not in the "
+            "service's curve.authorized_keys"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return (
+                f"{endpoint} and this client disagree on Curve: one side uses it and the other "
+                "does not (check curve.enabled and the client's Curve keys)"
+            )
+        return f"{endpoint}: the handshake broke the ZMTP protocol (error {value:#x})"
+    return (
+        f"{endpoint} closed the connection during the handshake; with Curve, check that the "
+        "client's server key is the service's public key"
+    )
+
+
 @dataclass(slots=True)
 class SubscriberStats:
     """Counters of one subscriber. Every tick frame received, and every tick of the sync snapshot,
@@ -628,6 +658,9 @@ class SubscriberStats:
     sync_attempts: int = 0
     snapshot_ticks: int = 0
     snapshot_overlap: int = 0
+    # Connection handshakes that failed (see Subscriber.handshake_failure); counted while the
+    # feed is silent, which is when they matter.
+    handshake_failures: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The counters as plain JSON-able data (a copy)."""
@@ -732,7 +765,10 @@ class _SubscriberCore:
         self._owns_context = context is None
         self._context = zmq.Context() if context is None else context
         self._owned_socket, self._socket = self._open_socket(zmq.SUB)
+        self._handshake_monitor: zmq.Socket | None = None
+        self._handshake_failure: str | None = None
         try:
+            self._handshake_monitor = self._monitor_handshakes()
             self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
             if rcvbuf:
                 self._socket.setsockopt(zmq.RCVBUF, rcvbuf)
@@ -761,6 +797,36 @@ class _SubscriberCore:
         plain = owned if self._socket_class is zmq.Socket else zmq.Socket.shadow(owned.underlying)
         plain.setsockopt(zmq.LINGER, 0)
         return owned, plain
+
+    def _monitor_handshakes(self) -> zmq.Socket:
+        address = f"inproc://feedsvc-subscriber-{self.client_id}-handshakes"
+        self._socket.monitor(address, _HANDSHAKE_FAILURES)
+        # A plain socket even for the asyncio subscriber: it is only read without blocking.
+        monitor = zmq.Context.shadow(self._context.underlying).socket(zmq.PAIR)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(address)
+        return monitor
+
+    def _read_handshake_failures(self) -> None:
+        monitor = self._handshake_monitor
+        if monitor is None:
+            return
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.stats.handshake_failures += 1
+            self._handshake_failure = describe_handshake_failure(
+                event["event"], event["value"], event["endpoint"].decode(errors="replace")
+            )
+
+    @property
+    def handshake_failure(self) -> str | None:
+        """Why the last failed connection handshake failed (a Curve key the service does not
+        list, Curve on one side only, the wrong server key), or None. Read while the feed is
+        silent: a subscriber that receives nothing should show this to its user."""
+        return self._handshake_failure
 
     @property
     def alive(self) -> bool:
@@ -805,6 +871,8 @@ class _SubscriberCore:
         if self._sync_steps is not None:
             self._sync_steps.close()
         self._close_sync_req()
+        if self._handshake_monitor is not None:
+            self._handshake_monitor.close(linger=0)
         self._owned_socket.close(linger=0)
         if self._owns_context:
             self._context.term()
@@ -898,10 +966,12 @@ class _SubscriberCore:
     def _seconds_until_dead(self, now: float) -> float:
         """Declare the feed dead if it has been silent too long; returns how long to poll."""
         if not self._alive:
+            self._read_handshake_failures()
             return MAX_POLL_S
         remaining_s = self._last_message_at + self._heartbeat_timeout_s - now
         if remaining_s > 0:
             return min(remaining_s, MAX_POLL_S)
+        self._read_handshake_failures()
         self._alive = False
         self.stats.heartbeat_misses += 1
         if self._on_dead is not None:
@@ -1250,7 +1320,8 @@ class Subscriber(_SubscriberCore):
         Keys for a service with curve.enabled: ``CurveClientKeys.from_files(server NAME.key,
         own NAME.key_secret)``. Used on tcp endpoints (publisher and sync); ipc stays plain.
         With a key the server does not list, the connection is refused and nothing arrives:
-        the subscriber reports the feed dead after heartbeat_timeout_s.
+        the subscriber reports the feed dead after heartbeat_timeout_s, and
+        ``handshake_failure`` says why (also without ``curve``, against a Curve service).
     """
 
     _socket_class = zmq.Socket

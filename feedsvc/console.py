@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Final
 import orjson
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from feedsvc.client import DEFAULT_SYNC_TIMEOUT_S, Subscriber, SyncError
@@ -244,6 +245,16 @@ def run_subscribe(
     Returns the exit code: 0 when stopped by a limit or a signal, 1 when the sync handshake
     failed, 2 for unusable arguments (or a metrics port that cannot be bound).
     """
+
+    def on_dead() -> None:
+        # The live table shows this in its caption; JSON lines get a line on stderr.
+        if as_json:
+            print(f"feedsvc subscribe: {_silence(subscriber)}", file=sys.stderr, flush=True)
+
+    def on_alive() -> None:
+        if as_json:
+            print("feedsvc subscribe: messages arrive again", file=sys.stderr, flush=True)
+
     try:
         curve = _curve_keys(curve_server_key, curve_client_cert)
         subscriber = Subscriber(
@@ -253,6 +264,8 @@ def run_subscribe(
             conflate=conflate,
             sync_endpoint=sync_endpoint,
             sync_timeout_s=sync_timeout_s,
+            on_dead=on_dead,
+            on_alive=on_alive,
             curve=curve,
         )
     except ValueError as error:
@@ -291,6 +304,16 @@ def run_subscribe(
     else:
         _print_summary(summary)
     return 0
+
+
+def _silence(subscriber: Subscriber) -> str:
+    """What a silent feed means, with the handshake failure when there was one."""
+    text = (
+        f"no message (tick or heartbeat) for {subscriber.heartbeat_timeout_s:g} s from "
+        f"{', '.join(subscriber.endpoints)}"
+    )
+    failure = subscriber.handshake_failure
+    return text if failure is None else f"{text}: {failure}"
 
 
 def _receive(
@@ -383,6 +406,8 @@ class _LiveView:
             f"publisher {status}   {self.rate_per_s:,.0f} msgs/s   received {stats.received:,}   "
             f"gaps {stats.gaps:,}   missed {stats.missed:,}   restarts {stats.restarts:,}"
         )
+        if not self.subscriber.alive:
+            caption += f"\n[red]{escape(_silence(self.subscriber))}[/]"
         table = Table(title=", ".join(self.subscriber.endpoints), caption=caption)
         for column in ("symbol", "bid", "ask", "bid size", "ask size", "seq", "missed"):
             table.add_column(column, justify="left" if column == "symbol" else "right")

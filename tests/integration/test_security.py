@@ -243,6 +243,37 @@ def test_rejections_are_logged_rate_limited(
         socket.close()
 
 
+@pytest.mark.parametrize(
+    ("client", "server", "why"),
+    [
+        ("mallory", "server", "not in the service's curve.authorized_keys"),
+        (None, None, "disagree on Curve"),
+        ("alice", "mallory", "check that the client's server key is the service's public key"),
+    ],
+    ids=["unlisted key", "no Curve", "wrong server key"],
+)
+def test_a_refused_subscriber_is_told_why_not_just_silence(
+    curve_service: CurveService, client: str | None, server: str | None, why: str
+) -> None:
+    """Without --sync a refusal is only silence on the wire; the subscriber reads its socket's
+    handshake events, so the dead feed comes with the reason."""
+    keys = None if client is None else curve_service.client_keys(client, server or "server")
+    with Subscriber(curve_service.publisher, heartbeat_timeout_s=0.5, curve=keys) as subscriber:
+        deadline = time.monotonic() + 10
+        while subscriber.alive and time.monotonic() < deadline:
+            assert subscriber.recv(timeout=0.2) is None
+        assert not subscriber.alive
+        assert subscriber.handshake_failure is not None
+        assert why in subscriber.handshake_failure
+        assert curve_service.publisher in subscriber.handshake_failure
+        assert subscriber.stats.handshake_failures >= 1
+    with Subscriber(
+        curve_service.publisher, heartbeat_timeout_s=0.5, curve=curve_service.client_keys("alice")
+    ) as listed:
+        assert listed.recv(timeout=5.0) is not None
+        assert listed.handshake_failure is None and listed.stats.handshake_failures == 0
+
+
 def test_sighup_reloads_the_authorized_keys(
     curve_service: CurveService, zmq_context: zmq.Context
 ) -> None:
@@ -283,12 +314,15 @@ def test_feedsvc_subscribe_takes_curve_keys(curve_service: CurveService) -> None
     ticks = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert len(ticks) == 20 and all(tick["sym"].startswith("SYN") for tick in ticks)
 
+    # Without keys: nothing arrives, and once the feed counts as dead (3 s) stderr says why.
     plain = _feedsvc(
-        "subscribe", "--endpoint", curve_service.publisher, "--duration", "2", "--json"
+        "subscribe", "--endpoint", curve_service.publisher, "--duration", "4", "--json"
     )
     assert plain.returncode == 0
     assert plain.stdout == ""
-    assert orjson.loads(plain.stderr.splitlines()[-1])["received"] == 0
+    assert "disagree on Curve" in plain.stderr, plain.stderr
+    summary = orjson.loads(plain.stderr.splitlines()[-1])
+    assert summary["received"] == 0 and summary["handshake_failures"] >= 1
 
     # An unlisted key with --sync: exit 1, and the message points at the keys.
     refused = _feedsvc(
