@@ -17,6 +17,8 @@ import orjson
 
 TOPIC_DELIMITER: Final = b" "
 CONTROL_PREFIX: Final = "_"
+_TOPIC_DELIMITER_TEXT: Final = TOPIC_DELIMITER.decode()
+_isfinite: Final = math.isfinite
 HEARTBEAT_TOPIC: Final = "_hb"
 
 REQUIRED_FIELDS: Final = ("sym", "bid", "ask", "bid_size", "ask_size")
@@ -53,6 +55,17 @@ SYMBOL_PATTERN: Final = re.compile(rf"[!-^`-~][!-~]{{0,{MAX_SYMBOL_LENGTH - 1}}}
 
 def symbol_problem(symbol: object) -> str | None:
     """Say why `symbol` cannot be a tick's symbol (and so a topic), or None if it can."""
+    # The rule of SYMBOL_PATTERN in str methods, about 5x faster than the regex: it runs for
+    # every ingested tick. The slow path below says what is wrong.
+    if (
+        type(symbol) is str
+        and 0 < len(symbol) <= MAX_SYMBOL_LENGTH
+        and symbol.isascii()
+        and symbol.isprintable()
+        and _TOPIC_DELIMITER_TEXT not in symbol
+        and not symbol.startswith(CONTROL_PREFIX)
+    ):
+        return None
     if not isinstance(symbol, str) or not symbol:
         return "must be a non-empty string"
     if symbol.startswith(CONTROL_PREFIX):
@@ -85,11 +98,22 @@ def decode_frame(frame: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def _is_number(value: object) -> bool:
+    # Exact types first: they are all orjson makes, and the check runs 4 times per ingested tick.
+    kind = type(value)
+    if kind is float:
+        return _isfinite(value)  # type: ignore[arg-type]
+    if kind is int:
+        return True
     # bool is an int subclass in Python but not a price.
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_size(value: object) -> bool:
+    kind = type(value)
+    if kind is float:
+        return value >= 0 and _isfinite(value)  # type: ignore[operator, arg-type]
+    if kind is int:
+        return value >= 0  # type: ignore[operator]
     return _is_number(value) and value >= 0  # type: ignore[operator]
 
 
@@ -120,16 +144,21 @@ def tick_problem(candidate: object) -> str | None:
     """
     if not isinstance(candidate, dict):
         return REJECT_NOT_OBJECT
-    for field in REQUIRED_FIELDS:
-        if field not in candidate:
-            return REJECT_MISSING_FIELD
-    if symbol_problem(candidate["sym"]) is not None:
+    # One lookup per required field (REQUIRED_FIELDS) does for presence and value: this runs
+    # for every ingested tick.
+    try:
+        symbol, bid, ask = candidate["sym"], candidate["bid"], candidate["ask"]
+        bid_size, ask_size = candidate["bid_size"], candidate["ask_size"]
+    except KeyError:
+        return REJECT_MISSING_FIELD
+    if symbol_problem(symbol) is not None:
         return REJECT_BAD_SYMBOL
-    if not (_is_number(candidate["bid"]) and _is_number(candidate["ask"])):
+    if not (_is_number(bid) and _is_number(ask)):
         return REJECT_BAD_PRICE
-    if not (_is_size(candidate["bid_size"]) and _is_size(candidate["ask_size"])):
+    if not (_is_size(bid_size) and _is_size(ask_size)):
         return REJECT_BAD_SIZE
-    for field, is_valid in _OPTIONAL_FIELD_CHECKS:
-        if field in candidate and not is_valid(candidate[field]):
-            return REJECT_BAD_OPTIONAL_FIELD
+    if len(candidate) > len(REQUIRED_FIELDS):  # else no optional field can be there
+        for field, is_valid in _OPTIONAL_FIELD_CHECKS:
+            if field in candidate and not is_valid(candidate[field]):
+                return REJECT_BAD_OPTIONAL_FIELD
     return None

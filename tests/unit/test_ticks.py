@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import jsonschema
 import orjson
@@ -62,6 +63,21 @@ def test_valid_symbols(symbol: str) -> None:
 )
 def test_invalid_symbols(symbol: object) -> None:
     assert symbol_problem(symbol) is not None
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(
+    st.text(
+        # Biased to the edges: printable ASCII, space, "_", DEL, control and non-ASCII chars.
+        alphabet=st.one_of(st.characters(min_codepoint=0x20, max_codepoint=0x7F), st.characters()),
+        max_size=70,
+    )
+)
+def test_the_fast_symbol_check_agrees_with_the_schema_pattern(symbol: str) -> None:
+    """symbol_problem checks with str methods for speed; the schema's regex is the contract."""
+    pattern = json.loads((SCHEMAS / "ingest.schema.json").read_text())["$defs"]["tick"]
+    pattern = pattern["properties"]["sym"]["pattern"]
+    assert (symbol_problem(symbol) is None) == (re.fullmatch(pattern, symbol) is not None)
 
 
 def test_heartbeat_topic_is_reserved() -> None:
