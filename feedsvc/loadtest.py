@@ -49,6 +49,7 @@ import math
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,6 +67,8 @@ import zmq
 
 from feedsvc import loadtest_plot
 from feedsvc.client import Subscriber
+from feedsvc.curve import CurveClientKeys, create_key_pair, load_key_pair
+from feedsvc.curve import connect as curve_connect
 from feedsvc.ingest import BurstSchedule, RatePacer, synthetic_symbols
 
 if TYPE_CHECKING:
@@ -270,7 +273,9 @@ def run_feedsvc_subscriber(args: argparse.Namespace) -> int:
     received = 0
     with (
         _stop_on_sigterm() as stopped,
-        Subscriber(args.endpoint, symbols=synthetic_symbols(args.symbols)) as subscriber,
+        Subscriber(
+            args.endpoint, symbols=synthetic_symbols(args.symbols), curve=_client_keys(args)
+        ) as subscriber,
     ):
         next_read = time.monotonic()
         while not stopped():
@@ -305,6 +310,28 @@ def raw_frame_prefixes(symbol_count: int) -> list[bytes]:
     return [symbol.encode() + b" " for symbol in synthetic_symbols(symbol_count)]
 
 
+# With --curve: the throwaway keys in args.curve_dir (see _make_curve_keys).
+_SERVER_KEY_NAME: Final = "server"
+_CLIENT_KEY_NAME: Final = "client"
+
+
+def _make_curve_keys(directory: Path) -> None:
+    """A server pair and one client pair, the client's public key alone in authorized/."""
+    create_key_pair(directory, _SERVER_KEY_NAME)
+    client_public, _ = create_key_pair(directory, _CLIENT_KEY_NAME)
+    (directory / "authorized").mkdir()
+    shutil.copy(client_public, directory / "authorized")
+
+
+def _client_keys(args: argparse.Namespace) -> CurveClientKeys | None:
+    if args.curve_dir is None:
+        return None
+    return CurveClientKeys.from_files(
+        args.curve_dir / f"{_SERVER_KEY_NAME}.key",
+        args.curve_dir / f"{_CLIENT_KEY_NAME}.key_secret",
+    )
+
+
 def run_raw_publisher(args: argparse.Namespace) -> int:
     """Hidden role: the baseline PUB, paced like the synthetic feed (bursts included); runs
     until SIGTERM."""
@@ -316,6 +343,11 @@ def run_raw_publisher(args: argparse.Namespace) -> int:
     socket = context.socket(zmq.PUB)
     socket.setsockopt(zmq.SNDHWM, RAW_HWM)
     socket.setsockopt(zmq.LINGER, 0)
+    if args.curve_dir is not None:
+        # Curve without an allow-list check: the encryption is the cost being compared.
+        public, secret = load_key_pair(args.curve_dir / f"{_SERVER_KEY_NAME}.key_secret")
+        socket.curve_publickey, socket.curve_secretkey = public, secret
+        socket.curve_server = True
     socket.bind(args.endpoint)
     send, now_ns, monotonic = socket.send, time.time_ns, time.monotonic
     bursts = (
@@ -357,7 +389,7 @@ def run_raw_subscriber(args: argparse.Namespace) -> int:
     socket.setsockopt(zmq.RCVHWM, RAW_HWM)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SUBSCRIBE, b"")
-    socket.connect(args.endpoint)
+    curve_connect(socket, args.endpoint, _client_keys(args))
     try:
         with _stop_on_sigterm() as stopped:
             next_read = time.monotonic()
@@ -429,6 +461,12 @@ def _serve_command(args: argparse.Namespace, endpoint: str, metrics_port: int) -
         f"synthetic.rate={args.rate}",
         f"synthetic.symbols={args.symbols}",
     ]
+    if args.curve_dir is not None:
+        settings += [
+            "curve.enabled=true",
+            f"curve.server_secret={args.curve_dir / _SERVER_KEY_NAME}.key_secret",
+            f"curve.authorized_keys={args.curve_dir / 'authorized'}",
+        ]
     bursts = burst_schedule(args)
     if bursts is not None:
         settings += [
@@ -461,6 +499,8 @@ def _role_command(args: argparse.Namespace, role: str, endpoint: str, slow: bool
         f"--symbols={args.symbols}",
         f"--slow-fraction={args.slow_fraction}",
     ]
+    if args.curve_dir is not None:
+        command.append(f"--curve-dir={args.curve_dir}")
     bursts = burst_schedule(args)
     if role == "raw-publisher" and bursts is not None:
         command += [
@@ -1104,6 +1144,8 @@ def check_usage(args: argparse.Namespace) -> str | None:
         return "--slow-fraction must be > 0 and <= 1"
     if args.mirror and not args.kafka_bootstrap:
         return "--mirror needs --kafka-bootstrap HOST:PORT"
+    if args.curve and args.transport != "tcp":
+        return "--curve needs --transport tcp (ipc endpoints are never encrypted)"
     if args.profile == "burst":
         if args.rate <= 0:
             return "--profile burst needs --rate > 0 (rate 0 is already as fast as possible)"
@@ -1131,6 +1173,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # ipc paths are limited to ~107 bytes: a short temporary folder.
     workdir = Path(tempfile.mkdtemp(prefix="lt-"))
+    args.curve_dir = workdir / "keys" if args.curve else None
+    if args.curve_dir is not None:
+        _make_curve_keys(args.curve_dir)
     report: dict[str, Any] = {
         "settings": {
             "profile": args.profile,
@@ -1142,6 +1187,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             "slow_fraction": args.slow_fraction,
             "transport": args.transport,
             "mirror": args.mirror,
+            "curve": args.curve,
             "latency_histogram": "hdr" if _hdr_available() else "sorted raw values",
         }
     }
@@ -1169,9 +1215,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except LoadtestError as error:
         print(f"feedsvc loadtest: {error}\n(logs kept in {workdir})", file=sys.stderr)
         return EXIT_FAILED
-    for path in workdir.iterdir():
-        path.unlink()
-    workdir.rmdir()
+    shutil.rmtree(workdir)
     print_table(report)
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -1204,6 +1248,13 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         help="slow subscribers read at this fraction of --rate (default 0.01)",
     )
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="CurveZMQ on the tcp endpoint (needs --transport tcp): feedsvc with curve.enabled "
+        "and a throwaway listed client key per run; with --baseline the raw PUB/SUB use Curve "
+        "too, so the ratios compare like with like",
+    )
     parser.add_argument(
         "--mirror",
         action=argparse.BooleanOptionalAction,
@@ -1299,6 +1350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-rate", type=float, default=0.0)
     parser.add_argument("--burst-every", type=float, default=60.0)
     parser.add_argument("--burst-duration", type=float, default=5.0)
+    parser.add_argument("--curve-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     return ROLES[args.role](args)
 

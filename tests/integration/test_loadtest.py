@@ -90,6 +90,15 @@ def test_loadtest_report_with_baseline(tmp_path: Path) -> None:
     assert abs(ratios["publish_rate"] - expected) < 1e-9
 
 
+def test_loadtest_over_curve_with_baseline(tmp_path: Path) -> None:
+    """--curve: feedsvc (with its allow-list) and the raw baseline both encrypt over tcp; a
+    side without matching keys would receive nothing, so the figures show Curve is on."""
+    report = run_loadtest(tmp_path, "--transport", "tcp", "--curve", "--baseline")
+    assert report["settings"]["curve"] is True and report["settings"]["transport"] == "tcp"
+    for kind in ("feedsvc", "baseline"):
+        check_section(report[kind])
+
+
 def test_loadtest_mirror_acknowledges_every_published_tick(
     tmp_path: Path, kafka_broker: KafkaBroker
 ) -> None:
@@ -206,5 +215,6 @@ def test_loadtest_usage_errors_say_what_to_fix(tmp_path: Path) -> None:
         "--profile", "burst", "--duration", "3", "--burst-every", "5"
     )
     assert "--step-factor" in run_usage_error("--profile", "step", "--step-factor", "1")
+    assert "--curve needs --transport tcp" in run_usage_error("--curve", "--transport", "ipc")
     stderr = run_usage_error("--plot", str(tmp_path), blocked_module="matplotlib")
     assert "--plot needs matplotlib (pip install feedsvc[bench])" in stderr
