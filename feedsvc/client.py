@@ -823,9 +823,9 @@ class _SubscriberCore:
 
     @property
     def handshake_failure(self) -> str | None:
-        """Why the last failed connection handshake failed (a Curve key the service does not
-        list, Curve on one side only, the wrong server key), or None. Read while the feed is
-        silent: a subscriber that receives nothing should show this to its user."""
+        """Why a connection handshake failed during the current silence (a Curve key the
+        service does not list, Curve on one side only, the wrong server key), or None; cleared
+        when messages arrive again. A subscriber that receives nothing should show it."""
         return self._handshake_failure
 
     @property
@@ -960,6 +960,9 @@ class _SubscriberCore:
 
     def _set_alive(self) -> None:
         self._alive = True
+        # The reason given for the silence that just ended is not one for the next silence.
+        self._read_handshake_failures()
+        self._handshake_failure = None
         if self._on_alive is not None:
             self._on_alive()
 
