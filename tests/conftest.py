@@ -134,6 +134,17 @@ def subscribed_probe(
     return probe
 
 
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float, what: str, details: Callable[[], str] = str
+) -> None:
+    """Poll `condition` until it holds; fails naming `what` (and `details()`) after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}\n{details()}")
+        time.sleep(0.05)
+
+
 def wait_for_first_message(
     subscriber: zmq.Socket, process: ServeProcess, timeout_s: float = 20.0
 ) -> bytes:

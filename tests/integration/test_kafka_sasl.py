@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,8 @@ from tests.conftest import (
     free_tcp_port,
     http_get,
     metric_samples,
-    wait_for_first_message,
+    subscribed_probe,
+    wait_for,
 )
 
 Serve = Callable[..., ServeProcess]
@@ -46,7 +46,12 @@ def _replay(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _serve_mirroring(
-    serve: Serve, broker: KafkaBroker, ipc_endpoint: str, topic: str, *settings: str
+    serve: Serve,
+    zmq_context: zmq.Context,
+    broker: KafkaBroker,
+    ipc_endpoint: str,
+    topic: str,
+    *settings: str,
 ) -> tuple[ServeProcess, int]:
     """A service at DEBUG mirroring to the SASL listener; returns it once it publishes."""
     metrics_port = free_tcp_port()
@@ -63,11 +68,7 @@ def _serve_mirroring(
         SASL_PRODUCER,
         *settings,
     )
-    with zmq.Context() as context, context.socket(zmq.SUB) as probe:
-        probe.setsockopt(zmq.LINGER, 0)
-        probe.subscribe(b"_hb")
-        probe.connect(ipc_endpoint)
-        wait_for_first_message(probe, process)
+    subscribed_probe(zmq_context, ipc_endpoint, process, b"_hb").close()
     return process, metrics_port
 
 
@@ -75,18 +76,11 @@ def _mirror_metrics(metrics_port: int) -> dict[str, float]:
     return metric_samples(http_get(metrics_port, "/metrics")[1])
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}")
-        time.sleep(0.1)
-
-
 def test_mirror_logs_in_with_sasl_and_an_auditor_replays_every_tick(
     serve: Serve,
     kafka_broker: KafkaBroker,
     ipc_endpoint: str,
+    zmq_context: zmq.Context,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -96,8 +90,8 @@ def test_mirror_logs_in_with_sasl_and_an_auditor_replays_every_tick(
     producer_password = kafka_broker.sasl_passwords["feedsvc"]
     monkeypatch.setenv(PASSWORD_VARIABLE, producer_password)
     topic = f"sasl-{uuid.uuid4().hex[:8]}"
-    process, metrics_port = _serve_mirroring(serve, kafka_broker, ipc_endpoint, topic)
-    _wait_for(
+    process, metrics_port = _serve_mirroring(serve, zmq_context, kafka_broker, ipc_endpoint, topic)
+    wait_for(
         lambda: _mirror_metrics(metrics_port)["feedsvc_mirror_delivered_total"] >= 500,
         60,
         "500 ticks acknowledged over SASL",
@@ -140,6 +134,7 @@ def test_a_refused_sasl_login_is_named_and_no_password_is_shown(
     serve: Serve,
     kafka_broker: KafkaBroker,
     ipc_endpoint: str,
+    zmq_context: zmq.Context,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A wrong password: the mirror says SASL refused it and keeps serving; replay exits 2
@@ -148,9 +143,9 @@ def test_a_refused_sasl_login_is_named_and_no_password_is_shown(
     monkeypatch.setenv(PASSWORD_VARIABLE, wrong_password)
     topic = f"sasl-refused-{uuid.uuid4().hex[:8]}"
     process, metrics_port = _serve_mirroring(
-        serve, kafka_broker, ipc_endpoint, topic, "kafka.flush_timeout_s=1"
+        serve, zmq_context, kafka_broker, ipc_endpoint, topic, "kafka.flush_timeout_s=1"
     )
-    _wait_for(lambda: "SASL authentication error" in process.log, 30, "the refusal logged")
+    wait_for(lambda: "SASL authentication error" in process.log, 30, "the refusal logged")
     _, metrics = http_get(metrics_port, "/metrics")
     _, health = http_get(metrics_port, "/healthz")
     assert process.popen.poll() is None, "the service must keep publishing"

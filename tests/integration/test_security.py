@@ -29,7 +29,8 @@ from tests.conftest import (
     free_tcp_port,
     http_get,
     metric_samples,
-    wait_for_first_message,
+    subscribed_probe,
+    wait_for,
 )
 
 Serve = Callable[..., ServeProcess]
@@ -104,12 +105,7 @@ def curve_service(
         f"curve.authorized_keys={authorized}",
     )
     # ipc stays plain: a SUB without keys is served there (and tells us the service is up).
-    probe = zmq_context.socket(zmq.SUB)
-    probe.setsockopt(zmq.LINGER, 0)
-    probe.subscribe(b"_hb")
-    probe.connect(ipc)
-    wait_for_first_message(probe, process)
-    probe.close()
+    subscribed_probe(zmq_context, ipc, process, b"_hb").close()
     return CurveService(process, keys, authorized, ipc, publisher, ingest, sync, metrics_port)
 
 
@@ -127,16 +123,6 @@ def _frames_within(socket: zmq.Socket, seconds: float) -> list[bytes]:
         if socket.poll(max(1, int(left * 1000))):
             frames.append(socket.recv())
     return frames
-
-
-def _wait_for(
-    condition: Callable[[], bool], timeout_s: float, what: str, details: Callable[[], str] = str
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}\n{details()}")
-        time.sleep(0.05)
 
 
 def test_an_authorized_client_syncs_and_receives_over_tcp(curve_service: CurveService) -> None:
@@ -192,7 +178,7 @@ def test_ticks_pushed_by_an_unauthorized_feed_never_reach_subscribers(
 ) -> None:
     """Only listed feed handlers move prices; the refused ones' ticks are never published."""
     watcher = _sub(zmq_context, curve_service.publisher, curve_service.client_keys("alice"))
-    _wait_for(lambda: watcher.poll(100) and watcher.recv() is not None, 10, "first tick")
+    wait_for(lambda: watcher.poll(100) and watcher.recv() is not None, 10, "first tick")
 
     def push(keys: CurveClientKeys | None, symbol: str, count: int) -> zmq.Socket:
         socket = zmq_context.socket(zmq.PUSH)
@@ -208,7 +194,7 @@ def test_ticks_pushed_by_an_unauthorized_feed_never_reach_subscribers(
         push(curve_service.client_keys("mallory"), "EVIL1", 50),
         push(None, "EVIL2", 50),
     ]
-    _wait_for(lambda: curve_service.rejected("ingest", "auth") >= 1, 10, "ingest refusal")
+    wait_for(lambda: curve_service.rejected("ingest", "auth") >= 1, 10, "ingest refusal")
     pushers.append(push(curve_service.client_keys("alice"), "GOOD", 50))
     seen: dict[str, int] = {}
     deadline = time.monotonic() + 10
@@ -229,7 +215,7 @@ def test_rejections_are_logged_rate_limited(
 ) -> None:
     """A client hammering the port costs a log line per interval, not a line per attempt."""
     attempts = [_sub(zmq_context, curve_service.publisher, None) for _ in range(30)]
-    _wait_for(
+    wait_for(
         lambda: curve_service.rejected("publisher", *NOT_CURVE_TO_THIS_SERVER) >= 30,
         10,
         "30 refusals counted",
@@ -283,7 +269,7 @@ def test_sighup_reloads_the_authorized_keys(
     assert _frames_within(before, NOTHING_WINDOW_S) == []
     shutil.copy(curve_service.keys / "mallory.key", curve_service.authorized)
     curve_service.process.popen.send_signal(signal.SIGHUP)
-    _wait_for(
+    wait_for(
         lambda: "reloaded curve.authorized_keys: 2 public keys" in curve_service.process.log,
         10,
         "the reload logged",
