@@ -66,10 +66,14 @@ class IngestDecoder:
         candidates: list[object] | tuple[object] = (
             decoded if isinstance(decoded, list) else (decoded,)
         )
-        # A tick nested deeper than MAX_TICK_NESTING needs that many brackets besides the one of
-        # each tick: counting them (in C) spares the walk for every other frame.
+        # A tick nested deeper than MAX_TICK_NESTING holds more than that many brackets of its
+        # own, and every other object in the frame at least one: counting them (in C) spares
+        # the walk for every frame that cannot hold such a tick, whatever else it holds.
         brackets = frame.count(b"{") + frame.count(b"[")
-        check_nesting = brackets > MAX_TICK_NESTING + len(candidates)
+        check_nesting = (
+            brackets > MAX_TICK_NESTING
+            and brackets - list(map(type, candidates)).count(dict) >= MAX_TICK_NESTING
+        )
         accepted: list[Tick] = []
         for candidate in candidates:
             reason = tick_problem(candidate)

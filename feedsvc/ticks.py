@@ -35,6 +35,13 @@ REJECT_BAD_SYMBOL: Final = "bad_symbol"
 REJECT_BAD_PRICE: Final = "bad_price"
 REJECT_BAD_SIZE: Final = "bad_size"
 REJECT_BAD_OPTIONAL_FIELD: Final = "bad_optional_field"
+# Refused by the publisher: a new symbol beyond publisher.max_symbols, a frame beyond
+# ingest.max_tick_bytes, no room left in publisher.max_cache_bytes.
+REJECT_TOO_MANY_SYMBOLS: Final = "too_many_symbols"
+REJECT_CACHE_FULL: Final = "cache_full"
+# Handling the tick or its frame raised: a bug, contained (feedsvc_internal_errors_total says
+# where); the input is refused and the loop goes on.
+REJECT_INTERNAL_ERROR: Final = "internal_error"
 REJECT_REASONS: Final = (
     REJECT_TOO_LARGE,
     REJECT_NOT_JSON,
@@ -44,6 +51,9 @@ REJECT_REASONS: Final = (
     REJECT_BAD_PRICE,
     REJECT_BAD_SIZE,
     REJECT_BAD_OPTIONAL_FIELD,
+    REJECT_TOO_MANY_SYMBOLS,
+    REJECT_CACHE_FULL,
+    REJECT_INTERNAL_ERROR,
 )
 
 Tick = dict[str, Any]
