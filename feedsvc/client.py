@@ -72,6 +72,10 @@ SYNC_SUBSCRIBE_SETTLE_S: Final = 0.01
 SYNC_NO_REPLY: Final = "no_reply"
 SYNC_NO_MARKER: Final = "no_marker"
 SYNC_BAD_REPLY: Final = "bad_reply"
+# The service's refusals that a later attempt can overcome (it is busy, or hit a bug it
+# contained): retried after the usual backoff, like a lost reply.
+SYNC_SERVICE_BUSY: Final = "busy"
+_SYNC_RETRYABLE_REFUSALS: Final = (SYNC_SERVICE_BUSY, "internal_error")
 # What to do about a refusal, by the service's error code.
 _SYNC_REFUSAL_HINTS: Final = MappingProxyType(
     {
@@ -81,6 +85,8 @@ _SYNC_REFUSAL_HINTS: Final = MappingProxyType(
         "not_json": "the client and the service disagree on docs/sync-protocol.md; upgrade one",
         "too_large": "subscribe to fewer symbols per subscriber",
         "snapshot_too_large": "subscribe to fewer symbols per subscriber",
+        "busy": "the service is sending other snapshots; retry later",
+        "internal_error": "the service logged the failure; retry later",
     }
 )
 
@@ -393,12 +399,14 @@ class SyncHandshake:
         self.state = self.IDLE
         self.marker: str | None = None
         self.attempts_made = 0
+        # The last reply was a temporary refusal (busy): back off and retry.
+        self.refused_for_now = False
         self._subscriptions = list(subscriptions)
         self._receives_everything = b"" in self._subscriptions
         self._marker_prefix = b""
         self._marker_seen = False
         self._snapshot: SyncSnapshot | None = None
-        self._failures_by_code = {SYNC_NO_REPLY: 0, SYNC_NO_MARKER: 0}
+        self._failures_by_code = {SYNC_NO_REPLY: 0, SYNC_NO_MARKER: 0, SYNC_SERVICE_BUSY: 0}
 
     @property
     def marker_subscription(self) -> bytes:
@@ -451,6 +459,10 @@ class SyncHandshake:
         """Check the reply to the snapshot request and keep its snapshot (not trusted until the
         marker is seen).
 
+        A refusal the service says is temporary (``busy``, ``internal_error``) leaves the attempt
+        awaiting its reply (`refused_for_now` is then True): call `attempt_failed()` to back off
+        and try again; after the last attempt it fails like any other refusal.
+
         Raises
         ------
         SyncError
@@ -458,11 +470,18 @@ class SyncHandshake:
             is not a snapshot; the handshake has then failed.
         """
         self._expect(self.AWAITING_REPLY)
+        self.refused_for_now = False
         try:
             fields = orjson.loads(reply)
         except orjson.JSONDecodeError:
             raise self._fail_bad_reply("it is not JSON") from None
         if isinstance(fields, dict) and fields.get("ok") is False:
+            if (
+                fields.get("error") in _SYNC_RETRYABLE_REFUSALS
+                and self.attempts_made < self.attempts
+            ):
+                self.refused_for_now = True
+                return
             raise self._fail_refused(fields)
         try:
             self._snapshot = self._checked_snapshot(fields)
@@ -483,17 +502,21 @@ class SyncHandshake:
             when that was the last attempt.
         """
         self._expect(self.AWAITING_REPLY, self.AWAITING_MARKER)
-        code = SYNC_NO_REPLY if self.state == self.AWAITING_REPLY else SYNC_NO_MARKER
+        if self.refused_for_now:
+            code = SYNC_SERVICE_BUSY
+        else:
+            code = SYNC_NO_REPLY if self.state == self.AWAITING_REPLY else SYNC_NO_MARKER
+        self.refused_for_now = False
         self._failures_by_code[code] += 1
         if self.attempts_made < self.attempts:
             self.state = self.IDLE
             return min(SYNC_BACKOFF_FIRST_S * 2 ** (self.attempts_made - 1), SYNC_BACKOFF_MAX_S)
         self.state = self.FAILED
-        no_reply, no_marker = self._failures_by_code.values()
+        no_reply, no_marker, busy = self._failures_by_code.values()
         detail = (
             f"{no_reply} without a reply and {no_marker} without the marker on the SUB socket, "
             f"{self.timeout_s:g} s each"
-        )
+        ) + (f", {busy} refused as busy" if busy else "")
         # A Curve refusal looks like silence from here: name it where it can be the cause.
         curve_hint = (
             "; a service with curve.enabled answers only keys in its curve.authorized_keys "
@@ -1145,6 +1168,8 @@ class _SubscriberCore:
             reply = yield from self._sync_request(handshake, request)
             if reply is not None:
                 handshake.accept_reply(reply)
+                if handshake.refused_for_now:
+                    return reply
                 yield from self._read_sub_while_waiting(
                     handshake, handshake.timeout_s, lambda: True if handshake.synced else None
                 )

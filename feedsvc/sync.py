@@ -20,7 +20,8 @@ import orjson
 from feedsvc.ticks import encode_frame, symbol_problem
 
 MARKER_TOPIC_PREFIX: Final = "_sync."
-MARKER_PATTERN: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
+MAX_MARKER_LENGTH: Final = 64
+MARKER_PATTERN: Final = re.compile(rf"[0-9A-Za-z_-]{{1,{MAX_MARKER_LENGTH}}}")
 CLIENT_PATTERN: Final = MARKER_PATTERN
 
 ERROR_NOT_JSON: Final = "not_json"
@@ -29,6 +30,13 @@ ERROR_BAD_SYMBOL: Final = "bad_symbol"
 ERROR_TOO_MANY_SYMBOLS: Final = "too_many_symbols"
 ERROR_TOO_LARGE: Final = "too_large"
 ERROR_SNAPSHOT_TOO_LARGE: Final = "snapshot_too_large"
+# Snapshot replies to other clients that have not left yet hold sync.max_inflight_bytes: try again
+# after a backoff (the client library does).
+ERROR_BUSY: Final = "busy"
+# Handling the request raised (a bug, counted in feedsvc_internal_errors_total{where="sync"}).
+ERROR_INTERNAL: Final = "internal_error"
+# Errors a client should retry after a backoff; the others need a different request.
+RETRYABLE_ERRORS: Final = (ERROR_BUSY, ERROR_INTERNAL)
 ERRORS: Final = (
     ERROR_NOT_JSON,
     ERROR_BAD_REQUEST,
@@ -36,6 +44,8 @@ ERRORS: Final = (
     ERROR_TOO_MANY_SYMBOLS,
     ERROR_TOO_LARGE,
     ERROR_SNAPSHOT_TOO_LARGE,
+    ERROR_BUSY,
+    ERROR_INTERNAL,
 )
 DEFAULT_MAX_SNAPSHOT_BYTES: Final = 64 * 1024 * 1024
 # Reply bytes per symbol besides its payload: the symbol key, "seq", "tick" and punctuation.
@@ -43,6 +53,22 @@ _SNAPSHOT_BYTES_PER_SYMBOL: Final = 112
 
 # symbols (None = all) -> {symbol: (last seq, last payload bytes or None)}
 SnapshotSource = Callable[[Iterable[str] | None], dict[str, tuple[int, bytes | None]]]
+# Longest piece of a client's value quoted back in an error's detail.
+_QUOTED_CHARACTERS: Final = 80
+
+
+def describe_value(value: object) -> str:
+    """A short, bounded description of a value from a peer, for error details and logs: a
+    string quoted and cut, a scalar as it is, a list or object only by its type (repr() of a
+    nested value can be unbounded, or recurse past the interpreter's limit)."""
+    if isinstance(value, str):
+        return repr(value[:_QUOTED_CHARACTERS])
+    if value is None or isinstance(value, bool | float) or type(value) is int:
+        # orjson decodes integers of at most 64 bits: short.
+        return repr(value)
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
 
 
 class SyncReply(NamedTuple):
@@ -77,7 +103,13 @@ class SyncHandler:
         Larger requests get a ``too_large`` error.
     max_snapshot_bytes:
         A snapshot that would be larger gets a ``snapshot_too_large`` error before it is built
-        (bounds the reply's memory: payloads can be up to ingest.max_message_bytes each).
+        (bounds the reply's memory: payloads can be up to ingest.max_tick_bytes each).
+    snapshot_room:
+        Bytes of snapshot replies that may still be sent now (sync.max_inflight_bytes less the
+        replies not yet gone); a snapshot that does not fit gets a ``busy`` error.
+    all_symbols_bytes:
+        An upper bound of the payload bytes of every symbol's last value (the cache's
+        reservation), so that a request for all symbols is refused before any work.
     """
 
     def __init__(
@@ -87,12 +119,16 @@ class SyncHandler:
         max_symbols_per_request: int,
         max_request_bytes: int,
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
+        snapshot_room: Callable[[], int] | None = None,
+        all_symbols_bytes: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._snapshot_source = snapshot_source
         self.epoch = epoch
         self.max_symbols_per_request = max_symbols_per_request
         self.max_request_bytes = max_request_bytes
         self.max_snapshot_bytes = max_snapshot_bytes
+        self._snapshot_room = snapshot_room
+        self._all_symbols_bytes = all_symbols_bytes
         self.snapshots_served = 0
         self.rejected_by_reason: dict[str, int] = dict.fromkeys(ERRORS, 0)
         self.ready_clients: set[str] = set()
@@ -111,9 +147,13 @@ class SyncHandler:
                 return self._ready(fields)
             return self._snapshot(fields)
         except _BadRequest as error:
-            self.rejected_by_reason[error.code] += 1
-            reply = {"ok": False, "error": error.code, "detail": error.detail}
-            return SyncReply(orjson.dumps(reply), None)
+            return self.error_reply(error.code, error.detail)
+
+    def error_reply(self, code: str, detail: str) -> SyncReply:
+        """An error reply, counted under `code` (one of ERRORS)."""
+        self.rejected_by_reason[code] += 1
+        reply = {"ok": False, "error": code, "detail": detail}
+        return SyncReply(orjson.dumps(reply), None)
 
     def _parse(self, request: bytes) -> dict[str, Any]:
         if len(request) > self.max_request_bytes:
@@ -136,6 +176,20 @@ class SyncHandler:
                 )
         return fields
 
+    def _check_snapshot_size(self, symbol_count: int, estimated_bytes: int) -> None:
+        if estimated_bytes > self.max_snapshot_bytes:
+            raise _BadRequest(
+                ERROR_SNAPSHOT_TOO_LARGE,
+                f"the snapshot of {symbol_count} symbols would be about {estimated_bytes} bytes, "
+                f"over sync.max_snapshot_bytes ({self.max_snapshot_bytes})",
+            )
+        if self._snapshot_room is not None and estimated_bytes > self._snapshot_room():
+            raise _BadRequest(
+                ERROR_BUSY,
+                "snapshot replies to other clients are still on their way "
+                "(sync.max_inflight_bytes); retry after a backoff",
+            )
+
     def _ready(self, fields: dict[str, Any]) -> SyncReply:
         if len(self.ready_clients) < self.max_ready_clients:
             self.ready_clients.add(fields["client"])
@@ -153,21 +207,21 @@ class SyncHandler:
                     f"got {len(symbols)}",
                 )
             for symbol in symbols:
-                if symbol_problem(symbol) is not None:
-                    raise _BadRequest(
-                        ERROR_BAD_SYMBOL, f"{str(symbol)[:80]!r}: {symbol_problem(symbol)}"
-                    )
+                problem = symbol_problem(symbol)
+                if problem is not None:
+                    raise _BadRequest(ERROR_BAD_SYMBOL, f"{describe_value(symbol)}: {problem}")
+        elif self._all_symbols_bytes is not None:
+            # Every symbol: refuse on the cache's own bound before reading a single entry.
+            symbol_count, payload_bytes = self._all_symbols_bytes()
+            self._check_snapshot_size(
+                symbol_count, payload_bytes + _SNAPSHOT_BYTES_PER_SYMBOL * symbol_count
+            )
         cache = self._snapshot_source(symbols)
         estimated_bytes = sum(
             len(symbol) + (len(payload) if payload is not None else 4)
             for symbol, (_seq, payload) in cache.items()
         ) + _SNAPSHOT_BYTES_PER_SYMBOL * len(cache)
-        if estimated_bytes > self.max_snapshot_bytes:
-            raise _BadRequest(
-                ERROR_SNAPSHOT_TOO_LARGE,
-                f"the snapshot of {len(cache)} symbols would be about {estimated_bytes} bytes, "
-                f"over sync.max_snapshot_bytes ({self.max_snapshot_bytes})",
-            )
+        self._check_snapshot_size(len(cache), estimated_bytes)
         snapshot = {
             symbol: {
                 "seq": seq,
