@@ -8,6 +8,7 @@ one line on stderr and exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import types
@@ -81,6 +82,18 @@ def _check_endpoints(values: list[str]) -> str | None:
     return next((problem for value in values if (problem := _check_endpoint(value))), None)
 
 
+def _check_networks(values: list[str]) -> str | None:
+    for index, value in enumerate(values):
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return (
+                f"item {index}: {_shown(value)} is not a network (e.g. 10.1.0.0/16, 127.0.0.1 "
+                "or ::1/128)"
+            )
+    return None
+
+
 def _check_log_level(value: str) -> str | None:
     levels = ("DEBUG", "INFO", "WARNING", "ERROR")
     return None if value.upper() in levels else f"must be one of {', '.join(levels)}"
@@ -116,6 +129,17 @@ class PublisherConfig:
     linger_ms: int = _setting(1_000, minimum=0, maximum=60_000)
     # Bounds the per-symbol state a stream of made-up symbols could otherwise grow.
     max_symbols: int = _setting(100_000, minimum=1)
+    # Bytes the last-value cache may hold (each symbol reserves room for its largest frame); a
+    # tick that needs more is refused (cache_full).
+    max_cache_bytes: int = _setting(134_217_728, minimum=65_536)
+    # Subscriber connections at once; more are closed as they arrive.
+    max_connections: int = _setting(1_000, minimum=1, maximum=1_000_000)
+    # Subscriptions one connection may hold, and all connections together; a connection that
+    # goes beyond is closed. Each subscription is a prefix of at most the longest topic.
+    max_subscriptions_per_connection: int = _setting(10_000, minimum=1)
+    max_subscriptions: int = _setting(100_000, minimum=1)
+    # tcp peers accepted only from these networks (CIDR); [] = any address.
+    allowed_networks: list[str] = _setting([], check=_check_networks)
 
 
 @dataclass(frozen=True)
@@ -125,7 +149,17 @@ class IngestConfig:
         "tcp://127.0.0.1:5557", check=lambda value: (value and _check_endpoint(value)) or None
     )
     max_message_bytes: int = _setting(1_048_576, minimum=64)
+    # Frames queued per feed handler (ZMQ_RCVHWM), at most max_queued_bytes / max_message_bytes
+    # (0 = only that bound).
     rcvhwm: int = _setting(100_000, minimum=0)
+    # Bytes of frames queued per feed-handler connection before its sender blocks.
+    max_queued_bytes: int = _setting(16_777_216, minimum=65_536)
+    # A tick whose published frame would be longer is rejected (too_large).
+    max_tick_bytes: int = _setting(16_384, minimum=256, maximum=1_048_576)
+    # Feed-handler connections at once; more are closed as they arrive.
+    max_connections: int = _setting(32, minimum=1, maximum=100_000)
+    # tcp feed handlers accepted only from these networks (CIDR); [] = any address.
+    allowed_networks: list[str] = _setting([], check=_check_networks)
     # A repeated rejection is logged at most once per interval, with the count since.
     reject_log_interval_s: float = _setting(5.0, minimum=0.0)
 
@@ -141,6 +175,13 @@ class SyncConfig:
     max_request_bytes: int = _setting(1_048_576, minimum=256)
     # A larger snapshot reply is refused (snapshot_too_large) instead of built: bounds its memory.
     max_snapshot_bytes: int = _setting(67_108_864, minimum=65_536)
+    # Snapshot reply bytes on their way to clients at once (clients that do not read hold
+    # them); a request beyond gets the retryable error busy.
+    max_inflight_bytes: int = _setting(134_217_728, minimum=65_536)
+    # Sync connections at once; more are closed as they arrive.
+    max_connections: int = _setting(64, minimum=1, maximum=100_000)
+    # tcp sync clients accepted only from these networks (CIDR); [] = any address.
+    allowed_networks: list[str] = _setting([], check=_check_networks)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """CurveZMQ on tcp endpoints: key files, the ZAP allow-list, and securing one socket.
 
 Keys are zmq.auth certificate files (``NAME.key`` holds the public key, ``NAME.key_secret``
-both), written by ``feedsvc keygen``. The server authenticates clients through ZAP with pyzmq's
-own ThreadAuthenticator against a directory of public keys (``curve.authorized_keys``).
+both), written by ``feedsvc keygen``. The server authenticates clients through ZAP (pyzmq's
+own authenticator, see feedsvc.access) against a directory of public keys
+(``curve.authorized_keys``).
 
 Security options are taken by libzmq at bind/connect time, per endpoint: the service binds its
 ipc endpoints plain (they are guarded by file permissions) and its tcp endpoints with Curve, on
@@ -19,12 +20,10 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+from zmq.auth.base import Authenticator
 
 log = logging.getLogger("feedsvc.curve")
 
-# Every Curve socket of the service asks ZAP in this domain; the allow-list covers it.
-ZAP_DOMAIN = "feedsvc"
 SECRET_FILE_MODE = 0o600
 
 
@@ -129,36 +128,41 @@ def connect(socket: zmq.Socket, endpoint: str, keys: CurveClientKeys | None) -> 
 
 
 class CurveServer:
-    """The service's side: the ZAP allow-list thread and the options of its tcp endpoints.
+    """The service's side: the Curve allow-list in the ZAP handler and the options of its tcp
+    endpoints.
 
     Parameters
     ----------
-    context:
-        The service's context; ZAP requests of its sockets go to this context's handler.
+    authenticator:
+        The service's ZAP handler (a started pyzmq Authenticator); this configures its Curve
+        allow-list for `domains`.
     server_secret_file:
         The server's NAME.key_secret.
     authorized_keys_dir:
         Directory of clients' public keys (NAME.key); reloaded by `reload()`.
+    domains:
+        The ZAP domains of the sockets that use Curve.
     """
 
     def __init__(
-        self, context: zmq.Context, server_secret_file: str, authorized_keys_dir: str
+        self,
+        authenticator: Authenticator,
+        server_secret_file: str,
+        authorized_keys_dir: str,
+        domains: tuple[str, ...],
     ) -> None:
         self.public_key, self._secret_key = load_key_pair(server_secret_file)
         warn_if_readable_by_others(server_secret_file, "the server's secret key")
         self.authorized_keys_dir = authorized_keys_dir
-        # The authenticator logs each decision at debug level: kept out of the service's log,
-        # where rejected handshakes are counted and reported rate-limited instead.
-        zap_log = logging.getLogger("feedsvc.curve.zap")
-        zap_log.setLevel(logging.INFO)
-        self._authenticator = ThreadAuthenticator(context, log=zap_log)
-        self._authenticator.start()
+        self._authenticator = authenticator
+        self._domains = domains
         self.reload()
 
     def reload(self) -> int:
         """Re-read the authorized keys (new connections see the change); returns their count."""
         count = authorized_key_count(self.authorized_keys_dir)
-        self._authenticator.configure_curve(domain=ZAP_DOMAIN, location=self.authorized_keys_dir)
+        for domain in self._domains:
+            self._authenticator.configure_curve(domain=domain, location=self.authorized_keys_dir)
         if count == 0:
             log.warning(
                 "curve.authorized_keys %s holds no public keys: no client can connect over tcp",
@@ -166,17 +170,12 @@ class CurveServer:
             )
         return count
 
-    def bind(self, socket: zmq.Socket, endpoint: str) -> None:
-        """Bind with Curve for a tcp endpoint, plain for ipc (see the module's docstring)."""
+    def secure(self, socket: zmq.Socket, endpoint: str) -> None:
+        """Set Curve for a tcp endpoint, plain for ipc, before `socket` binds `endpoint` (see the
+        module's docstring)."""
         if is_tcp(endpoint):
             socket.curve_secretkey = self._secret_key
             socket.curve_publickey = self.public_key
             socket.curve_server = True
-            socket.zap_domain = ZAP_DOMAIN.encode()
         else:
-            # A zap_domain left from a tcp bind only makes ZAP see (and allow) NULL on ipc.
             socket.curve_server = False
-        socket.bind(endpoint)
-
-    def close(self) -> None:
-        self._authenticator.stop()

@@ -10,89 +10,93 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 import time
-from collections.abc import Callable
-from pathlib import Path
+from typing import Final
 
 import zmq
 import zmq.backend
-from zmq.utils.monitor import recv_monitor_message
+from zmq.utils.monitor import parse_monitor_message
 
-from feedsvc.config import Config, SyntheticConfig
-from feedsvc.curve import CurveServer, is_tcp
+from feedsvc.access import (
+    ConnectionLimiter,
+    PeerAuthenticator,
+    SubscriptionLimiter,
+    parse_networks,
+    zap_domain,
+)
+from feedsvc.config import Config, IngestConfig, SyntheticConfig
+from feedsvc.curve import CurveServer
+from feedsvc.guard import (
+    WHERE_MONITOR,
+    WHERE_SUBSCRIPTION,
+    InputGuard,
+    answer_sync_request,
+    handle_ingest_frame,
+)
 from feedsvc.ingest import BurstSchedule, IngestDecoder, RatePacer, SyntheticFeed
 from feedsvc.logs import RateLimiter
 from feedsvc.metrics import LOOP_STALL_S, MetricsServer, health_body
 from feedsvc.mirror import MirrorHandoff
 from feedsvc.publisher import Publisher
+from feedsvc.sockets import (
+    HANDSHAKE_FAILURES,
+    HANDSHAKE_REJECT_REASONS,
+    HANDSHAKE_TIMEOUT_MS,
+    HARD_LIMIT_FACTOR,
+    MAX_SUBSCRIPTION_PREFIX_BYTES,
+    MONITORED_EVENTS,
+    PUBLISHER_MAX_MESSAGE_BYTES,
+    SOCKET_NAMES,
+    SYNC_QUEUED_PER_PEER,
+    bind_endpoint,
+    plain_endpoints_first,
+)
 from feedsvc.sync import SyncHandler
 
 log = logging.getLogger("feedsvc.service")
 
-# Ingest frames handled per loop pass, so the synthetic feed and heartbeats keep their pace.
-INGEST_FRAMES_PER_PASS = 1_000
+# What ingest and sync may take of one loop pass, so that heartbeats and the synthetic feed keep
+# their pace whatever arrives: a budget of time and of bytes (whichever runs out first), checked
+# after each frame or request, and a sync request's cost is bounded by its size before any work.
+INGEST_SECONDS_PER_PASS: Final = 0.005
+INGEST_BYTES_PER_PASS: Final = 4 * 1024 * 1024
+SYNC_SECONDS_PER_PASS: Final = 0.002
+SYNC_BYTES_PER_PASS: Final = 8 * 1024 * 1024
+SYNC_REQUESTS_PER_PASS: Final = 100
+# Subscription messages and monitor events read per pass at most (a burst waits in libzmq).
+SUBSCRIPTIONS_PER_PASS: Final = 10_000
+MONITOR_EVENTS_PER_PASS: Final = 10_000
 # Frames drained from the ingest socket at shutdown, at most (already-queued ticks are published).
-INGEST_FRAMES_AT_SHUTDOWN = 100_000
+INGEST_BYTES_AT_SHUTDOWN: Final = 256 * 1024 * 1024
+INGEST_SECONDS_AT_SHUTDOWN: Final = 2.0
+INGEST_QUIET_AT_SHUTDOWN_MS: Final = 50
 # Longest sleep of the loop, so a stop request is noticed promptly.
-MAX_WAIT_S = 0.1
-STATS_INTERVAL_S = 10.0
-MIRROR_STATS_INTERVAL_S = 0.5
-# Sync requests answered per loop pass at most, so a flood of them cannot starve the feed.
-SYNC_REQUESTS_PER_PASS = 100
-# Requests above this many times sync.max_request_bytes disconnect the peer (ZMQ_MAXMSGSIZE).
-SYNC_HARD_LIMIT_FACTOR = 4
-_MONITORED_EVENTS = (
-    zmq.EVENT_ACCEPTED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-_HANDSHAKE_FAILURES = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-# Label values of rejected handshakes: a key not on curve.authorized_keys (ZAP said no); no
-# Curve, the wrong server key or not ZMTP at all; anything libzmq does not detail (a peer that
-# sees the mismatch too and hangs up first lands here: which side notices first is a race).
-HANDSHAKE_REJECT_REASONS = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "other",
-}
-# The sockets whose handshakes are watched, as named in logs and metric labels.
-SOCKET_NAMES = ("publisher", "ingest", "sync")
-# Above this size a peer is disconnected by libzmq instead of being read and counted.
-INGEST_HARD_LIMIT_FACTOR = 4
+MAX_WAIT_S: Final = 0.1
+STATS_INTERVAL_S: Final = 10.0
+MIRROR_STATS_INTERVAL_S: Final = 0.5
+# Descriptors are counted this often; a warning goes out past this share of the limit.
+HOUSEKEEPING_INTERVAL_S: Final = 1.0
+FD_WARNING_SHARE: Final = 0.8
+FD_WARNING_INTERVAL_S: Final = 10.0
+# Descriptors the process needs besides its peers' connections (files, pipes, the mirror, HTTP).
+FD_BASE_NEEDS: Final = 256
+# Sync replies of at least this size are tracked until libzmq has let go of them (counted in
+# sync.max_inflight_bytes); smaller ones are bounded by SYNC_QUEUED_PER_PEER per connection.
+TRACKED_REPLY_BYTES: Final = 65_536
+_FD_DIR: Final = "/proc/self/fd"
 
 
 class StartupError(RuntimeError):
     """The service cannot start (an endpoint cannot be bound). str() names the key."""
 
 
-def _folder_mode(file_mode: int) -> int:
-    # A folder needs the search bit wherever its files may be read.
-    return file_mode | (file_mode & 0o444) >> 2
-
-
-def _bind_ipc(socket: zmq.Socket, endpoint: str, mode: int, bind: Callable[[], None]) -> None:
-    """Bind an ipc endpoint so that its socket file has `mode` from the start.
-
-    The umask is set around the bind (libzmq creates the file during the call, in this thread)
-    rather than a chmod after it, which would leave a moment open to anyone. An abstract
-    socket (ipc://@name) has no file: it is open to every process on the host.
-    """
-    path = endpoint.removeprefix("ipc://")
-    previous_umask = os.umask(0o777 & ~_folder_mode(mode))
-    try:
-        if not path.startswith("@"):
-            # libzmq does not create the folder of an ipc path.
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        os.umask(0o777 & ~mode)
-        bind()
-    finally:
-        os.umask(previous_umask)
+def ingest_rcvhwm(ingest: IngestConfig) -> int:
+    """ZMQ_RCVHWM of the ingest socket: frames queued per feed handler, so that at most
+    ingest.max_queued_bytes of frames of up to ingest.max_message_bytes wait (ingest.rcvhwm 0:
+    only that bound)."""
+    by_bytes = max(1, ingest.max_queued_bytes // ingest.max_message_bytes)
+    return min(ingest.rcvhwm, by_bytes) if ingest.rcvhwm else by_bytes
 
 
 def _synthetic_pacer(synthetic: SyntheticConfig, now: float) -> RatePacer:
@@ -129,8 +133,7 @@ class Service:
         self.wait_subscribers = wait_subscribers
         self.ingested_by_source = {"synthetic": 0, "ingest": 0}
         self.heartbeats_sent = 0
-        # From the PUB socket's monitor: connections (subscribers) now, handshake failures so far.
-        self.subscribers_connected = 0
+        # Handshake failures of would-be subscribers (from the PUB socket's monitor).
         self.subscriber_handshake_failures = 0
         # Failed handshakes on every socket, by (socket name, reason): Curve rejections show here.
         self.rejected_handshakes = {
@@ -138,8 +141,23 @@ class Service:
             for name in SOCKET_NAMES
             for reason in HANDSHAKE_REJECT_REASONS.values()
         }
+        limits = {
+            "publisher": config.publisher.max_connections,
+            "ingest": config.ingest.max_connections,
+            "sync": config.sync.max_connections,
+        }
+        self.connections = {name: ConnectionLimiter(limits[name]) for name in SOCKET_NAMES}
+        self.subscriptions = SubscriptionLimiter(
+            config.publisher.max_subscriptions_per_connection,
+            config.publisher.max_subscriptions,
+            MAX_SUBSCRIPTION_PREFIX_BYTES,
+        )
+        self.guard = InputGuard()
         self.sync_seconds_total = 0.0
         self.last_publish_unix_s = 0.0
+        # Descriptors open and allowed, counted every HOUSEKEEPING_INTERVAL_S.
+        self.open_fds = 0
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.metrics: MetricsServer | None = None
         # Updated every loop pass; /healthz reports 503 when it stops moving.
         self._loop_alive_at: float | None = None
@@ -147,12 +165,16 @@ class Service:
         self._stop_requested = False
         self._reload_keys_requested = False
         self._context = zmq.Context(io_threads=config.publisher.io_threads)
+        self.authenticator: PeerAuthenticator | None = None
         self._curve: CurveServer | None = None
         self._pub: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._rep: zmq.Socket | None = None
         # Monitor socket -> the name of the socket it watches.
         self._monitors: dict[zmq.Socket, str] = {}
+        # Large sync replies libzmq still holds: (tracker, bytes); their sum is bounded.
+        self._replies_in_flight: list[tuple[zmq.MessageTracker, int]] = []
+        self.sync_inflight_bytes = 0
         self.sync: SyncHandler | None = None
         self.decoder = IngestDecoder(config.ingest.max_message_bytes)
         self.publisher: Publisher | None = None
@@ -160,51 +182,45 @@ class Service:
 
     def start(self) -> None:
         """Create and bind every socket; raises StartupError naming the endpoint that failed."""
-        publisher_config, ingest_config = self.config.publisher, self.config.ingest
-        curve_config = self.config.curve
+        config = self.config
+        publisher_config, ingest_config, sync_config = config.publisher, config.ingest, config.sync
+        self._raise_fd_limit()
         try:
-            if curve_config.enabled:
-                try:
-                    self._curve = CurveServer(
-                        self._context, curve_config.server_secret, curve_config.authorized_keys
-                    )
-                except ValueError as error:
-                    # config validated both files; this is one changed since (the path says which)
-                    raise StartupError(f"curve: {error}") from None
-            pub = self._pub = self._context.socket(zmq.PUB)
+            self._start_authenticator()
+            pub = self._pub = self._context.socket(zmq.XPUB)
             pub.setsockopt(zmq.SNDHWM, publisher_config.sndhwm)
             if publisher_config.sndbuf:
                 pub.setsockopt(zmq.SNDBUF, publisher_config.sndbuf)
             pub.setsockopt(zmq.LINGER, publisher_config.linger_ms)
-            self._monitors[pub.get_monitor_socket(_MONITORED_EVENTS)] = "publisher"
-            # Plain (ipc) endpoints first: Curve options set for a tcp bind would stay set.
-            for index, endpoint in sorted(
-                enumerate(publisher_config.endpoints), key=lambda item: is_tcp(item[1])
-            ):
-                self._bind(pub, f"publisher.endpoints[{index}]", endpoint)
+            # Every subscription and unsubscription comes up, so each connection's count is
+            # kept (libzmq still applies them itself).
+            pub.setsockopt(zmq.XPUB_VERBOSER, 1)
+            pub.setsockopt(zmq.MAXMSGSIZE, PUBLISHER_MAX_MESSAGE_BYTES)
+            self._prepare(pub, "publisher")
+            for index, endpoint in plain_endpoints_first(publisher_config.endpoints):
+                self._bind(pub, "publisher", f"publisher.endpoints[{index}]", endpoint)
             if ingest_config.endpoint:
                 pull = self._pull = self._context.socket(zmq.PULL)
-                pull.setsockopt(zmq.RCVHWM, ingest_config.rcvhwm)
-                pull.setsockopt(
-                    zmq.MAXMSGSIZE, ingest_config.max_message_bytes * INGEST_HARD_LIMIT_FACTOR
-                )
+                # ZMQ_RCVHWM counts frames: derived from the byte bound, so that frames of up to
+                # max_message_bytes queue at most max_queued_bytes per feed handler.
+                pull.setsockopt(zmq.RCVHWM, ingest_rcvhwm(ingest_config))
+                pull.setsockopt(zmq.MAXMSGSIZE, ingest_config.max_message_bytes * HARD_LIMIT_FACTOR)
                 pull.setsockopt(zmq.LINGER, 0)
-                self._monitors[pull.get_monitor_socket(_HANDSHAKE_FAILURES)] = "ingest"
-                self._bind(pull, "ingest.endpoint", ingest_config.endpoint)
-            sync_config = self.config.sync
+                self._prepare(pull, "ingest")
+                self._bind(pull, "ingest", "ingest.endpoint", ingest_config.endpoint)
             if sync_config.endpoint:
                 rep = self._rep = self._context.socket(zmq.REP)
-                rep.setsockopt(
-                    zmq.MAXMSGSIZE, sync_config.max_request_bytes * SYNC_HARD_LIMIT_FACTOR
-                )
+                rep.setsockopt(zmq.MAXMSGSIZE, sync_config.max_request_bytes * HARD_LIMIT_FACTOR)
+                rep.setsockopt(zmq.RCVHWM, SYNC_QUEUED_PER_PEER)
+                rep.setsockopt(zmq.SNDHWM, SYNC_QUEUED_PER_PEER)
                 rep.setsockopt(zmq.LINGER, 0)
-                self._monitors[rep.get_monitor_socket(_HANDSHAKE_FAILURES)] = "sync"
-                self._bind(rep, "sync.endpoint", sync_config.endpoint)
+                self._prepare(rep, "sync")
+                self._bind(rep, "sync", "sync.endpoint", sync_config.endpoint)
         except StartupError:
             self.close()
             raise
-        if self.config.kafka.enabled:
-            self.mirror = MirrorHandoff(self._context, self.config.kafka, self.config.log)
+        if config.kafka.enabled:
+            self.mirror = MirrorHandoff(self._context, config.kafka, config.log)
             self.mirror.start()
         self.publisher = Publisher(
             # The backend's send skips the Python-level checks of zmq.Socket.send (for Frames,
@@ -213,59 +229,118 @@ class Service:
             self.epoch,
             publisher_config.max_symbols,
             mirror_append=self.mirror.append if self.mirror is not None else None,
+            max_tick_bytes=ingest_config.max_tick_bytes,
+            max_cache_bytes=publisher_config.max_cache_bytes,
         )
+        publisher = self.publisher
         self.sync = SyncHandler(
-            self.publisher.last_values,
+            publisher.last_values,
             self.epoch,
-            self.config.sync.max_symbols_per_request,
-            self.config.sync.max_request_bytes,
-            self.config.sync.max_snapshot_bytes,
+            sync_config.max_symbols_per_request,
+            sync_config.max_request_bytes,
+            sync_config.max_snapshot_bytes,
+            snapshot_room=self._snapshot_room,
+            all_symbols_bytes=lambda: (publisher.symbol_count, publisher.cache_bytes),
         )
-        if self.config.metrics.port:
+        if config.metrics.port:
             try:
-                self.metrics = MetricsServer(
-                    self, self.config.metrics.port, self.config.metrics.host
-                )
+                self.metrics = MetricsServer(self, config.metrics.port, config.metrics.host)
             except OSError as error:
                 self.close()
                 raise StartupError(
-                    f"metrics.port: cannot listen on {self.config.metrics.host}:"
-                    f"{self.config.metrics.port}: {error.strerror or error}"
+                    f"metrics.port: cannot listen on {config.metrics.host}:"
+                    f"{config.metrics.port}: {error.strerror or error}"
                 ) from None
             self.metrics.start()
+        self._count_fds()
         log.info(
             "serving epoch=%d publisher=%s ingest=%s sync=%s kafka=%s synthetic=%s",
             self.epoch,
             ",".join(publisher_config.endpoints),
             ingest_config.endpoint or "off",
-            self.config.sync.endpoint or "off",
-            f"{self.config.kafka.bootstrap}/{self.config.kafka.topic}"
-            if self.config.kafka.enabled
-            else "off",
-            f"{self.config.synthetic.symbols} symbols at "
-            f"{self.config.synthetic.rate or 'max'} ticks/s"
-            if self.config.synthetic.enabled
+            sync_config.endpoint or "off",
+            f"{config.kafka.bootstrap}/{config.kafka.topic}" if config.kafka.enabled else "off",
+            f"{config.synthetic.symbols} symbols at {config.synthetic.rate or 'max'} ticks/s"
+            if config.synthetic.enabled
             else "off",
         )
 
-    def _bind(self, socket: zmq.Socket, key: str, endpoint: str) -> None:
+    def _raise_fd_limit(self) -> None:
+        """Lift the soft descriptor limit to the hard one: every connection takes one, and the
+        per-socket caps (max_connections) are what bounds them, not an accident of the shell."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError) as error:
+                log.warning(
+                    "cannot raise the descriptor limit from %d to %d: %s", soft, hard, error
+                )
+        self.fd_limit = soft
+        needed = FD_BASE_NEEDS + sum(
+            limiter.max_connections for limiter in self.connections.values()
+        )
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            log.warning(
+                "descriptor limit %d is below what the connection caps allow (%d: "
+                "publisher/ingest/sync max_connections plus %d); raise it (ulimit -n) or lower "
+                "the caps",
+                soft,
+                needed,
+                FD_BASE_NEEDS,
+            )
+
+    def _start_authenticator(self) -> None:
+        """Start the ZAP handler when Curve or an allowed_networks list needs it."""
+        config = self.config
+        networks_by_domain = {
+            zap_domain(name): parse_networks(networks)
+            for name, networks in (
+                ("publisher", config.publisher.allowed_networks),
+                ("ingest", config.ingest.allowed_networks),
+                ("sync", config.sync.allowed_networks),
+            )
+        }
+        if not config.curve.enabled and not any(networks_by_domain.values()):
+            return
+        self.authenticator = PeerAuthenticator(self._context, networks_by_domain)
+        self.authenticator.start()
+        if config.curve.enabled:
+            try:
+                self._curve = CurveServer(
+                    self.authenticator,
+                    config.curve.server_secret,
+                    config.curve.authorized_keys,
+                    tuple(networks_by_domain),
+                )
+            except ValueError as error:
+                # config validated both files; this is one changed since (the path says which)
+                raise StartupError(f"curve: {error}") from None
+
+    def _prepare(self, socket: zmq.Socket, socket_name: str) -> None:
+        """Options every bound socket gets, and its monitor."""
+        socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS)
+        self._monitors[socket.get_monitor_socket(MONITORED_EVENTS)] = socket_name
+
+    def _bind(self, socket: zmq.Socket, socket_name: str, key: str, endpoint: str) -> None:
         """Bind with Curve on tcp when curve.enabled, ipc files with ipc.mode; StartupError
         names the key."""
-        curve = self._curve
-
-        def bind() -> None:
-            if curve is not None:
-                curve.bind(socket, endpoint)
-            else:
-                socket.bind(endpoint)
-
         try:
-            if endpoint.startswith("ipc://"):
-                _bind_ipc(socket, endpoint, self.config.ipc.mode, bind)
-            else:
-                bind()
+            bind_endpoint(
+                socket,
+                socket_name,
+                endpoint,
+                ipc_mode=self.config.ipc.mode,
+                curve=self._curve,
+                uses_zap=self.authenticator is not None,
+            )
         except (zmq.ZMQError, OSError) as error:
             raise StartupError(f"{key}: cannot bind {endpoint}: {error}") from None
+
+    @property
+    def subscribers_connected(self) -> int:
+        return self.connections["publisher"].connected
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """(healthy, body) for /healthz: healthy while the loop runs and the PUB socket is open."""
@@ -289,6 +364,10 @@ class Service:
             mirror_connected=bool(mirror_stats and mirror_stats.broker_up),
             last_publish_unix_s=self.last_publish_unix_s,
         )
+        body["fds"] = {"open": self.open_fds, "limit": self.fd_limit}
+        body["connections"] = {
+            name: limiter.connected for name, limiter in self.connections.items()
+        }
         return reason is None, body
 
     def mirror_lag_seconds(self) -> float:
@@ -307,8 +386,12 @@ class Service:
 
     @property
     def rejected_by_reason(self) -> dict[str, int]:
-        refused = self.publisher.refused_new_symbols if self.publisher else 0
-        return {**self.decoder.rejected_by_reason, "too_many_symbols": refused}
+        """Ingest ticks refused, by reason: by the decoder, and by the publisher's bounds."""
+        rejected = dict(self.decoder.rejected_by_reason)
+        if self.publisher is not None:
+            for reason, count in self.publisher.refused_by_reason.items():
+                rejected[reason] += count
+        return rejected
 
     def run(self) -> None:
         """The hot-path loop: synthetic ticks, ingest frames, sync requests and heartbeats."""
@@ -320,7 +403,7 @@ class Service:
         feed = SyntheticFeed(synthetic.symbols, synthetic.seed) if synthetic.enabled else None
         pacer: RatePacer | None = None
         poller = zmq.Poller()
-        for socket in (self._rep, *self._monitors):
+        for socket in (self._pub, self._rep, *self._monitors):
             if socket is not None:
                 poller.register(socket, zmq.POLLIN)
         # With --wait-subscribers, ticks (synthetic and ingest) wait until that many clients
@@ -333,9 +416,11 @@ class Service:
         reject_limiter = RateLimiter(config.ingest.reject_log_interval_s, monotonic)
         rejected_logged = 0
         handshake_limiter = RateLimiter(config.curve.reject_log_interval_s, monotonic)
-        handshakes_logged = dict(self.rejected_handshakes)
+        handshakes_logged = self._refusal_counts()
         stats_limiter = RateLimiter(STATS_INTERVAL_S, monotonic)
         stats_limiter.allow()
+        housekeeping_limiter = RateLimiter(HOUSEKEEPING_INTERVAL_S, monotonic)
+        fd_warning_limiter = RateLimiter(FD_WARNING_INTERVAL_S, monotonic)
         published_at_last_stats, last_stats_at = 0, monotonic()
         mirror = self.mirror
         mirror_stats_limiter = RateLimiter(MIRROR_STATS_INTERVAL_S, monotonic)
@@ -379,25 +464,40 @@ class Service:
                     )
                     published_at_last_rate, last_rate_at = publisher.published, now
             ready = dict(poller.poll(math.ceil(wait_s * 1000) if wait_s > 0 else 0))
-            if self._pull is not None and self._pull in ready:
-                self._drain_ingest(INGEST_FRAMES_PER_PASS)
-            if self._rep is not None and self._rep in ready:
-                self._serve_sync_requests()
+            # Connections first: a connection over a cap is closed before it is served.
             for monitor, socket_name in self._monitors.items():
                 if monitor in ready:
                     self._read_monitor(monitor, socket_name)
-            if self.rejected_handshakes != handshakes_logged and handshake_limiter.allow():
-                self._log_rejected_handshakes(handshakes_logged)
-                handshakes_logged = dict(self.rejected_handshakes)
+            if self._pub in ready:
+                self._read_subscriptions()
+            if self._pull is not None and self._pull in ready:
+                self._drain_ingest(INGEST_SECONDS_PER_PASS, INGEST_BYTES_PER_PASS)
+            if self._rep is not None and self._rep in ready:
+                self._serve_sync_requests()
+            if housekeeping_limiter.allow():
+                self._count_fds()
+                if self.open_fds > FD_WARNING_SHARE * self.fd_limit and fd_warning_limiter.allow():
+                    log.warning(
+                        "%d of %d file descriptors in use; new connections will fail at the "
+                        "limit (connections: %s)",
+                        self.open_fds,
+                        self.fd_limit,
+                        {name: limiter.connected for name, limiter in self.connections.items()},
+                    )
+            refusals = self._refusal_counts()
+            if refusals != handshakes_logged and handshake_limiter.allow():
+                self._log_refused_connections(handshakes_logged, refusals)
+                handshakes_logged = refusals
             if self._reload_keys_requested:
                 self._reload_keys_requested = False
                 self._reload_authorized_keys()
-            rejected_total = self.decoder.rejected_total
+            rejected_by_reason = self.rejected_by_reason
+            rejected_total = sum(rejected_by_reason.values())
             if rejected_total != rejected_logged and reject_limiter.allow():
                 log.warning(
                     "rejected %d ingest ticks since last report; totals by reason: %s",
                     rejected_total - rejected_logged,
-                    {reason: n for reason, n in self.rejected_by_reason.items() if n},
+                    {reason: n for reason, n in rejected_by_reason.items() if n},
                 )
                 rejected_logged = rejected_total
             if stats_limiter.allow():
@@ -417,51 +517,121 @@ class Service:
         self._shutdown()
 
     def _serve_sync_requests(self) -> None:
-        """Answer queued sync requests; each marker goes out on PUB right after its snapshot,
-        before any later tick, which is what makes the handshake exact."""
-        rep, handle, send_frame = self._rep, self.sync.handle, self.publisher.send_control
+        """Answer queued sync requests, within this pass's budget; each marker goes out on PUB
+        right after its snapshot, before any later tick, which is what makes the handshake exact.
+        """
+        rep, sync, guard, send_frame = self._rep, self.sync, self.guard, self.publisher.send_control
+        perf_counter = time.perf_counter
+        deadline = perf_counter() + SYNC_SECONDS_PER_PASS
+        budget_bytes = SYNC_BYTES_PER_PASS
         for _ in range(SYNC_REQUESTS_PER_PASS):
             try:
                 request = rep.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            started = time.perf_counter()
+            started = perf_counter()
             # Reading ZMQ_EVENTS makes the PUB socket apply subscriptions that have arrived
             # (otherwise it does so lazily, about once per ms of sends), so the marker is not
             # filtered out by a subscription the client made just before asking.
             self._pub.getsockopt(zmq.EVENTS)
-            reply, marker_frame = handle(request)
-            rep.send(reply)
+            reply, marker_frame = answer_sync_request(request, sync, guard)
+            # A REP socket must answer before it can read the next request.
+            self._send_sync_reply(reply)
             if marker_frame is not None:
                 send_frame(marker_frame)
-            elapsed = time.perf_counter() - started
+            finished = perf_counter()
+            elapsed = finished - started
             self.sync_seconds_total += elapsed
             if self.metrics is not None:
                 self.metrics.handshake_seconds.observe(elapsed)
+            budget_bytes -= len(request) + len(reply)
+            if finished > deadline or budget_bytes <= 0:
+                return
+
+    def _send_sync_reply(self, reply: bytes) -> None:
+        if len(reply) < TRACKED_REPLY_BYTES:
+            self._rep.send(reply)
+            return
+        # libzmq holds a large reply until it is written to the peer's connection (or the peer
+        # is gone): the tracker says when, so replies to clients that do not read are bounded.
+        tracker = self._rep.send(reply, copy=False, track=True)
+        self._replies_in_flight.append((tracker, len(reply)))
+        self.sync_inflight_bytes += len(reply)
+
+    def _snapshot_room(self) -> int:
+        """Bytes of snapshot replies that may be sent now (sync.max_inflight_bytes less those
+        still held)."""
+        if self._replies_in_flight:
+            held = [
+                (tracker, size) for tracker, size in self._replies_in_flight if not tracker.done
+            ]
+            self._replies_in_flight = held
+            self.sync_inflight_bytes = sum(size for _tracker, size in held)
+        return self.config.sync.max_inflight_bytes - self.sync_inflight_bytes
 
     def _read_monitor(self, monitor: zmq.Socket, socket_name: str) -> None:
+        connections = self.connections[socket_name]
         is_publisher = socket_name == "publisher"
-        while True:
+        for _ in range(MONITOR_EVENTS_PER_PASS):
             try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+                message = monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event & _HANDSHAKE_FAILURES:
-                self.rejected_handshakes[socket_name, HANDSHAKE_REJECT_REASONS[event]] += 1
-                if is_publisher:
-                    self.subscriber_handshake_failures += 1
-            elif not is_publisher:
-                continue
-            elif event == zmq.EVENT_ACCEPTED:
-                self.subscribers_connected += 1
-            elif event == zmq.EVENT_DISCONNECTED:
-                self.subscribers_connected = max(0, self.subscribers_connected - 1)
+            try:
+                event = parse_monitor_message(message)
+                kind, fd = event["event"], event["value"]
+                if kind == zmq.EVENT_ACCEPTED:
+                    connections.accepted(fd)
+                elif kind == zmq.EVENT_DISCONNECTED:
+                    if connections.disconnected(fd) and is_publisher:
+                        self.subscriptions.forget(fd)
+                elif kind & HANDSHAKE_FAILURES:
+                    self.rejected_handshakes[socket_name, HANDSHAKE_REJECT_REASONS[kind]] += 1
+                    if is_publisher:
+                        self.subscriber_handshake_failures += 1
+            except Exception as error:
+                self.guard.contained(WHERE_MONITOR, error, b"".join(message))
 
-    def _log_rejected_handshakes(self, logged_before: dict[tuple[str, str], int]) -> None:
+    def _read_subscriptions(self) -> None:
+        """Account the subscriptions SUBs sent; a connection over a bound is closed."""
+        pub, observe = self._pub, self.subscriptions.observe
+        for _ in range(SUBSCRIPTIONS_PER_PASS):
+            try:
+                message = pub.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                observe(message.bytes, message.get(zmq.SRCFD))
+            except Exception as error:
+                self.guard.contained(WHERE_SUBSCRIPTION, error, message.bytes)
+
+    def _count_fds(self) -> None:
+        try:
+            self.open_fds = len(os.listdir(_FD_DIR))
+        except OSError:
+            self.open_fds = 0
+
+    def _refusal_counts(self) -> dict[str, int]:
+        """Refused handshakes and connections, by socket/reason, for the rate-limited log."""
+        counts = {
+            f"{name}/{reason}": count for (name, reason), count in self.rejected_handshakes.items()
+        }
+        for name, limiter in self.connections.items():
+            counts[f"{name}/too_many_connections"] = limiter.refused
+        for reason, count in self.subscriptions.refused_by_reason.items():
+            counts[f"publisher/{reason}"] = count
+        if self.authenticator is not None:
+            for domain, count in self.authenticator.refused_by_domain.items():
+                counts[f"{domain.removeprefix('feedsvc.')}/network_not_allowed"] = count
+        return counts
+
+    def _log_refused_connections(
+        self, logged_before: dict[str, int], counts: dict[str, int]
+    ) -> None:
         since = {
-            f"{name}/{reason}": count - logged_before[name, reason]
-            for (name, reason), count in self.rejected_handshakes.items()
-            if count != logged_before[name, reason]
+            key: count - logged_before.get(key, 0)
+            for key, count in counts.items()
+            if count != logged_before.get(key, 0)
         }
         hint = (
             " (auth: key not in curve.authorized_keys; protocol: no Curve, wrong server key or "
@@ -470,7 +640,8 @@ class Service:
             else ""
         )
         log.warning(
-            "rejected %d connection handshakes since last report, by socket/reason: %s%s",
+            "rejected %d connection handshakes or connections since last report, by socket/reason: "
+            "%s%s",
             sum(since.values()),
             since,
             hint,
@@ -487,25 +658,31 @@ class Service:
             return
         log.info("reloaded curve.authorized_keys: %d public keys", count)
 
-    def _drain_ingest(self, max_frames: int) -> None:
-        pull, publisher, decode = self._pull, self.publisher, self.decoder.decode
+    def _drain_ingest(self, budget_s: float, budget_bytes: int) -> None:
+        """Publish queued ingest frames until the socket is empty or the budget is spent."""
+        pull, publisher, decoder, guard = self._pull, self.publisher, self.decoder, self.guard
         mirror, monotonic = self.mirror, time.monotonic
         metrics, perf_counter = self.metrics, time.perf_counter
         recv = pull.recv
         sent = 0
-        for _ in range(max_frames):
+        deadline = perf_counter() + budget_s
+        while budget_bytes > 0:
             try:
                 frame = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            budget_bytes -= len(frame)
             batch_started = perf_counter()
-            ticks = decode(frame)
-            if ticks:
-                sent += publisher.publish(ticks)
+            sent_now = handle_ingest_frame(frame, decoder, publisher, guard)
+            finished = perf_counter()
+            if sent_now:
+                sent += sent_now
                 if metrics is not None:
-                    metrics.publish_latency_seconds.observe(perf_counter() - batch_started)
+                    metrics.publish_latency_seconds.observe(finished - batch_started)
                 if mirror is not None:
                     mirror.flush_if_due(monotonic())
+            if finished > deadline:
+                break
         self.ingested_by_source["ingest"] += sent
         if sent:
             self.last_publish_unix_s = time.time()
@@ -513,7 +690,7 @@ class Service:
     def _shutdown(self) -> None:
         # Stop ingest but publish what had already arrived, then let the PUB socket linger.
         if self._pull is not None:
-            self._drain_ingest(INGEST_FRAMES_AT_SHUTDOWN)
+            self._drain_ingest_at_shutdown()
         if self.mirror is not None:
             self._close_mirror()
         self.close()
@@ -523,6 +700,14 @@ class Service:
             self.ingested_by_source,
             {reason: n for reason, n in self.rejected_by_reason.items() if n},
         )
+
+    def _drain_ingest_at_shutdown(self) -> None:
+        """Publish the frames feed handlers had sent: those queued in the socket and those still
+        on their way from the kernel's buffers (ingest.max_queued_bytes keeps the queue short),
+        until none arrives for INGEST_QUIET_AT_SHUTDOWN_S or the time is up."""
+        deadline = time.monotonic() + INGEST_SECONDS_AT_SHUTDOWN
+        while time.monotonic() < deadline and self._pull.poll(INGEST_QUIET_AT_SHUTDOWN_MS):
+            self._drain_ingest(deadline - time.monotonic(), INGEST_BYTES_AT_SHUTDOWN)
 
     def _close_mirror(self) -> None:
         stats = self.mirror.close(self.config.kafka.flush_timeout_s)
@@ -560,8 +745,9 @@ class Service:
         if self._pub is not None:
             self._pub.close()
             self._pub = None
-        if self._curve is not None:
-            self._curve.close()
-            self._curve = None
+        self._curve = None
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
         if not self._context.closed:
             self._context.term()
