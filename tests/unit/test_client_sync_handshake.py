@@ -375,3 +375,17 @@ def test_subscribe_rejects_a_sync_timeout_that_is_not_positive(
         subscribe_parser().parse_args(["--sync", "ipc:///tmp/s", "--sync-timeout", timeout])
     assert exit_info.value.code == 2
     assert "--sync-timeout" in capsys.readouterr().err
+
+
+def test_a_busy_service_is_retried_after_a_backoff_and_fails_only_after_the_last_attempt() -> None:
+    handshake = new_handshake(["AAPL"], attempts=3)
+    busy = orjson.dumps({"ok": False, "error": "busy", "detail": "snapshots in flight"})
+    for expected_backoff in (0.1, 0.2):
+        handshake.start_attempt()
+        handshake.accept_reply(busy)
+        assert handshake.refused_for_now
+        assert handshake.attempt_failed() == expected_backoff
+    handshake.start_attempt()
+    with pytest.raises(SyncError) as failure:
+        handshake.accept_reply(busy)  # the last attempt: a refusal like any other
+    assert failure.value.code == "busy"

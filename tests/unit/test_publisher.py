@@ -62,3 +62,37 @@ def test_heartbeat_on_reserved_topic() -> None:
     topic, heartbeat = decode_frame(frames[0])
     assert topic == "_hb"
     assert heartbeat["epoch"] == 77 and heartbeat["interval_s"] == 0.5
+
+
+def test_a_tick_over_max_tick_bytes_is_refused_without_using_a_seq() -> None:
+    frames: list[bytes] = []
+    publisher = Publisher(frames.append, epoch=1, max_symbols=10, max_tick_bytes=300)
+    sent = publisher.publish([_tick("A"), {**_tick("A"), "note": "x" * 400}, _tick("A")])
+    assert sent == 2
+    assert publisher.refused_by_reason["too_large"] == 1
+    assert [decode_frame(frame)[1]["seq"] for frame in frames] == [1, 2]
+    assert all(len(frame) <= 300 for frame in frames)
+
+
+def test_the_last_value_cache_stays_within_max_cache_bytes() -> None:
+    frames: list[bytes] = []
+    publisher = Publisher(
+        frames.append, epoch=1, max_symbols=1_000, max_tick_bytes=2_000, max_cache_bytes=10_000
+    )
+    big = "x" * 1_500
+    sent = publisher.publish([{**_tick(f"S{index}"), "note": big} for index in range(20)])
+    assert 0 < sent < 20
+    assert publisher.refused_by_reason["cache_full"] == 20 - sent
+    assert publisher.cache_bytes <= 10_000
+    # Symbols already in the cache keep ticking within their reservation.
+    assert publisher.publish([{**_tick("S0"), "note": big}]) == 1
+    # A refused new symbol holds no value: its snapshot entry is empty.
+    assert publisher.last_values([f"S{sent}"]) == {f"S{sent}": (0, None)}
+
+
+def test_a_tick_orjson_cannot_encode_is_refused_not_raised() -> None:
+    frames: list[bytes] = []
+    publisher = Publisher(frames.append, epoch=1, max_symbols=10)
+    assert publisher.publish([{**_tick("A"), "big": 2**70}, _tick("A")]) == 1
+    assert publisher.refused_by_reason["internal_error"] == 1
+    assert decode_frame(frames[0])[1]["seq"] == 1

@@ -133,3 +133,35 @@ def test_a_snapshot_over_its_byte_bound_is_refused_before_it_is_built() -> None:
     # A client asking for fewer symbols still gets its snapshot.
     few = orjson.loads(handler.handle(_request(symbols=["B001", "S001"])).reply)
     assert few["ok"] is True and set(few["snapshot"]) == {"B001", "S001"}
+
+
+def test_error_details_never_format_a_nested_or_huge_value() -> None:
+    handler, _, _ = _handler(max_symbols=100)
+    handler.max_request_bytes = 1_000_000
+    deep = b"[" * 900 + b"]" * 900  # deeper than orjson writes, within what it reads
+    for symbols in (b"[" + deep + b"]", b'[{"a":' + deep + b"}]", b'["' + b"x" * 100_000 + b'"]'):
+        request = b'{"op":"snapshot","client":"c1","marker":"m1","symbols":' + symbols + b"}"
+        reply = orjson.loads(handler.handle(request).reply)
+        assert reply["error"] == "bad_symbol"
+        assert len(reply["detail"]) < 200
+
+
+def test_a_snapshot_that_does_not_fit_the_inflight_room_is_busy() -> None:
+    frames: list[bytes] = []
+    publisher = Publisher(frames.append, epoch=9, max_symbols=1000)
+    room = [10_000]
+    handler = SyncHandler(
+        publisher.last_values,
+        9,
+        100,
+        4096,
+        snapshot_room=lambda: room[0],
+        all_symbols_bytes=lambda: (publisher.symbol_count, publisher.cache_bytes),
+    )
+    publisher.publish([{**_tick(f"S{index}"), "note": "x" * 500} for index in range(40)])
+    assert orjson.loads(handler.handle(_request(symbols=["S1"])).reply)["ok"] is True
+    reply, marker = handler.handle(_request(symbols=None))  # about 25 KB: over the room
+    assert orjson.loads(reply)["error"] == "busy" and marker is None
+    room[0] = 1_000_000
+    assert orjson.loads(handler.handle(_request(symbols=None)).reply)["ok"] is True
+    assert handler.rejected_by_reason["busy"] == 1
