@@ -162,44 +162,85 @@ class ConnectionLimiter:
 class SubscriptionLimiter:
     """Subscriptions held per connection and in total, from XPUB subscription messages.
 
+    libzmq keeps every subscription in a trie with a node per prefix byte, and each disconnect of
+    any subscriber walks the whole trie in the publishing thread (measured ~85 ns a node here):
+    the bound on the distinct prefixes' bytes is what keeps that walk, and the trie's memory,
+    short.
+
     Parameters
     ----------
     per_connection, total:
-        The bounds; the connection whose subscription goes beyond either is closed.
+        How many subscriptions one connection, and all together, may hold.
     max_prefix_bytes:
-        The longest useful prefix (the longest topic's); the connection that subscribes to a
-        longer one is closed.
+        The longest useful prefix (the longest topic's).
+    max_distinct_bytes:
+        The bytes of all distinct prefixes together.
+
+    A connection whose subscription goes beyond any bound is closed (and counted); libzmq then
+    drops every subscription it held.
     """
 
-    def __init__(self, per_connection: int, total: int, max_prefix_bytes: int) -> None:
+    def __init__(
+        self, per_connection: int, total: int, max_prefix_bytes: int, max_distinct_bytes: int
+    ) -> None:
         self.per_connection = per_connection
         self.total_bound = total
         self.max_prefix_bytes = max_prefix_bytes
+        self.max_distinct_bytes = max_distinct_bytes
+        # fd -> prefix -> how many times that connection subscribed it.
+        self.prefixes_by_fd: dict[int, dict[bytes, int]] = {}
         self.count_by_fd: dict[int, int] = {}
+        self._connections_by_prefix: dict[bytes, int] = {}
         self.total = 0
+        self.distinct_bytes = 0
         self.refused_by_reason = dict.fromkeys(
             (REFUSED_TOO_MANY_SUBSCRIPTIONS, REFUSED_SUBSCRIPTION_TOO_LONG), 0
         )
 
     def observe(self, message: bytes, fd: int) -> bool:
-        """Account one subscription message from connection `fd`; False if that connection must
-        be closed (it was, and refused is counted)."""
+        """Account one subscription message from connection `fd`; False if that connection was
+        closed for it."""
         if not message:
             return True
+        prefix = message[1:]
         if message[0] == SUBSCRIBE:
-            count = self.count_by_fd.get(fd, 0) + 1
-            if len(message) - 1 > self.max_prefix_bytes:
+            if len(prefix) > self.max_prefix_bytes:
                 return self._refuse(fd, REFUSED_SUBSCRIPTION_TOO_LONG)
-            if count > self.per_connection or self.total >= self.total_bound:
+            count = self.count_by_fd.get(fd, 0) + 1
+            new_prefix = prefix not in self._connections_by_prefix
+            if (
+                count > self.per_connection
+                or self.total >= self.total_bound
+                or (new_prefix and self.distinct_bytes + len(prefix) > self.max_distinct_bytes)
+            ):
                 return self._refuse(fd, REFUSED_TOO_MANY_SUBSCRIPTIONS)
+            prefixes = self.prefixes_by_fd.setdefault(fd, {})
+            if prefix not in prefixes:
+                self._connections_by_prefix[prefix] = self._connections_by_prefix.get(prefix, 0) + 1
+                if new_prefix:
+                    self.distinct_bytes += len(prefix)
+            prefixes[prefix] = prefixes.get(prefix, 0) + 1
             self.count_by_fd[fd] = count
             self.total += 1
         elif message[0] == UNSUBSCRIBE:
-            count = self.count_by_fd.get(fd, 0)
-            if count > 0:
-                self.count_by_fd[fd] = count - 1
-                self.total -= 1
+            prefixes = self.prefixes_by_fd.get(fd)
+            if prefixes and prefix in prefixes:
+                self._drop(fd, prefix, 1)
         return True
+
+    def _drop(self, fd: int, prefix: bytes, times: int) -> None:
+        prefixes = self.prefixes_by_fd[fd]
+        prefixes[prefix] -= times
+        self.count_by_fd[fd] -= times
+        self.total -= times
+        if prefixes[prefix] == 0:
+            del prefixes[prefix]
+            remaining = self._connections_by_prefix[prefix] - 1
+            if remaining:
+                self._connections_by_prefix[prefix] = remaining
+            else:
+                del self._connections_by_prefix[prefix]
+                self.distinct_bytes -= len(prefix)
 
     def _refuse(self, fd: int, reason: str) -> bool:
         self.refused_by_reason[reason] += 1
@@ -209,4 +250,7 @@ class SubscriptionLimiter:
 
     def forget(self, fd: int) -> None:
         """Connection `fd` ended: libzmq dropped its subscriptions."""
-        self.total -= self.count_by_fd.pop(fd, 0)
+        for prefix, times in list(self.prefixes_by_fd.get(fd, {}).items()):
+            self._drop(fd, prefix, times)
+        self.prefixes_by_fd.pop(fd, None)
+        self.count_by_fd.pop(fd, None)

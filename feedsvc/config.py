@@ -138,6 +138,9 @@ class PublisherConfig:
     # goes beyond is closed. Each subscription is a prefix of at most the longest topic.
     max_subscriptions_per_connection: int = _setting(10_000, minimum=1)
     max_subscriptions: int = _setting(100_000, minimum=1)
+    # Bytes of all distinct subscription prefixes together: bounds libzmq's subscription trie,
+    # which every subscriber's disconnect walks in the publishing thread.
+    max_subscription_bytes: int = _setting(1_048_576, minimum=1_024)
     # tcp peers accepted only from these networks (CIDR); [] = any address.
     allowed_networks: list[str] = _setting([], check=_check_networks)
 

@@ -151,6 +151,7 @@ class Service:
             config.publisher.max_subscriptions_per_connection,
             config.publisher.max_subscriptions,
             MAX_SUBSCRIPTION_PREFIX_BYTES,
+            config.publisher.max_subscription_bytes,
         )
         self.guard = InputGuard()
         self.sync_seconds_total = 0.0

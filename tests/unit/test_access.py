@@ -36,7 +36,9 @@ def _unsubscribe(prefix: bytes) -> bytes:
 
 
 def test_subscriptions_are_counted_per_connection_and_in_total() -> None:
-    limiter = SubscriptionLimiter(per_connection=3, total=5, max_prefix_bytes=10)
+    limiter = SubscriptionLimiter(
+        per_connection=3, total=5, max_prefix_bytes=10, max_distinct_bytes=100
+    )
     a, b = NO_SUCH_FD, NO_SUCH_FD + 1
     assert all(limiter.observe(_subscribe(b"A%d " % n), a) for n in range(3))
     assert not limiter.observe(_subscribe(b"A4 "), a)  # a fourth on one connection
@@ -52,7 +54,9 @@ def test_subscriptions_are_counted_per_connection_and_in_total() -> None:
 
 
 def test_a_prefix_longer_than_any_topic_closes_its_connection() -> None:
-    limiter = SubscriptionLimiter(per_connection=10, total=10, max_prefix_bytes=4)
+    limiter = SubscriptionLimiter(
+        per_connection=10, total=10, max_prefix_bytes=4, max_distinct_bytes=100
+    )
     assert limiter.observe(_subscribe(b"ABC "), NO_SUCH_FD)
     assert not limiter.observe(_subscribe(b"ABCDE"), NO_SUCH_FD)
     assert limiter.refused_by_reason[REFUSED_SUBSCRIPTION_TOO_LONG] == 1
@@ -60,7 +64,9 @@ def test_a_prefix_longer_than_any_topic_closes_its_connection() -> None:
 
 
 def test_unsubscriptions_of_unknown_connections_and_empty_messages_change_nothing() -> None:
-    limiter = SubscriptionLimiter(per_connection=10, total=10, max_prefix_bytes=10)
+    limiter = SubscriptionLimiter(
+        per_connection=10, total=10, max_prefix_bytes=10, max_distinct_bytes=100
+    )
     assert limiter.observe(_unsubscribe(b"X "), -1)
     assert limiter.observe(b"", NO_SUCH_FD)
     limiter.forget(NO_SUCH_FD)
@@ -77,3 +83,21 @@ def test_addresses_are_matched_against_networks() -> None:
     assert not address_allowed("127.0.0.2", networks)
     assert not address_allowed("", networks)  # no address (ipc) never matches a network
     assert not address_allowed("not an address", networks)
+
+
+def test_distinct_prefix_bytes_are_bounded_and_shared_prefixes_count_once() -> None:
+    limiter = SubscriptionLimiter(
+        per_connection=100, total=100, max_prefix_bytes=10, max_distinct_bytes=12
+    )
+    a, b, c = NO_SUCH_FD, NO_SUCH_FD + 1, NO_SUCH_FD + 2
+    assert limiter.observe(_subscribe(b"AAPL "), a) and limiter.observe(_subscribe(b"AAPL "), b)
+    assert limiter.observe(_subscribe(b"AAPL "), b)  # twice on one connection, as SUBs may
+    assert limiter.distinct_bytes == 5 and limiter.total == 3
+    assert limiter.observe(_subscribe(b"MSFT "), c)
+    assert not limiter.observe(_subscribe(b"IBM "), c)  # 14 distinct bytes: over 12
+    assert limiter.distinct_bytes == 5  # c's MSFT went with its connection
+    limiter.forget(a)
+    assert limiter.distinct_bytes == 5  # b still holds AAPL
+    assert limiter.observe(_unsubscribe(b"AAPL "), b) and limiter.distinct_bytes == 5
+    assert limiter.observe(_unsubscribe(b"AAPL "), b)
+    assert limiter.distinct_bytes == 0 and limiter.total == 0
