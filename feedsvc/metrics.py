@@ -7,10 +7,8 @@ no metrics call at all, and the names and help texts live in this one module.
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -24,6 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from feedsvc.http_server import REJECT_REASONS, BoundedHttpServer, Response
 
 if TYPE_CHECKING:
     from feedsvc.service import Service
@@ -184,10 +184,47 @@ class ServiceCollector:
         )
 
 
-class MetricsServer:
-    """/metrics (Prometheus text format) and /healthz (JSON) on one port, in a daemon thread."""
+class HttpServerCollector:
+    """Reads the HTTP server's own counters at scrape time (in its loop thread)."""
 
-    def __init__(self, service: Service, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, server: BoundedHttpServer) -> None:
+        self._server = server
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        rejected = CounterMetricFamily(
+            "feedsvc_http_requests_rejected",
+            "Connections to /metrics and /healthz closed without a normal response, by reason.",
+            labels=["reason"],
+        )
+        for reason in REJECT_REASONS:
+            rejected.add_metric([reason], self._server.rejected_by_reason[reason])
+        yield rejected
+        yield GaugeMetricFamily(
+            "feedsvc_http_connections",
+            "Connections open to /metrics and /healthz now.",
+            value=self._server.connections_open,
+        )
+
+
+class MetricsServer:
+    """/metrics (Prometheus text format) and /healthz (JSON) on one port, in a daemon thread.
+
+    The keyword arguments bound what HTTP clients can hold (see BoundedHttpServer).
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        max_connections: int = 32,
+        request_timeout_s: float = 5.0,
+        write_timeout_s: float = 5.0,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -204,51 +241,35 @@ class MetricsServer:
             buckets=PUBLISH_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self._service = service
-        handler = _handler_class(self.registry, service.health)
-        self._server = http.server.ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="feedsvc-metrics", daemon=True
+        self._health = service.health
+        self._http = BoundedHttpServer(
+            host,
+            port,
+            self._respond,
+            max_connections=max_connections,
+            request_timeout_s=request_timeout_s,
+            write_timeout_s=write_timeout_s,
+            thread_name="feedsvc-metrics",
         )
+        self.registry.register(HttpServerCollector(self._http))
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._http.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._http.start()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.close()
 
-
-def _handler_class(
-    registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]]
-) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-            elif path == "/healthz":
-                healthy, body = health()
-                self._send(200 if healthy else 503, "application/json", orjson.dumps(body))
-            else:
-                self._send(404, "text/plain", b"try /metrics or /healthz\n")
-
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # one log line per scrape would flood the log
-
-    return Handler
+    def _respond(self, path: str) -> Response:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            healthy, body = self._health()
+            return 200 if healthy else 503, "application/json", orjson.dumps(body)
+        return 404, "text/plain", b"try /metrics or /healthz\n"
 
 
 def health_body(
