@@ -87,6 +87,15 @@ TRACKED_REPLY_BYTES: Final = 65_536
 _FD_DIR: Final = "/proc/self/fd"
 
 
+def _source_fd(message: zmq.Frame) -> int:
+    """The descriptor of the connection a message came from; -1 for one libzmq made itself (the
+    unsubscriptions of a connection that ended, already forgotten at its DISCONNECTED event)."""
+    try:
+        return message.get(zmq.SRCFD)
+    except zmq.ZMQError:
+        return -1
+
+
 class StartupError(RuntimeError):
     """The service cannot start (an endpoint cannot be bound). str() names the key."""
 
@@ -602,7 +611,7 @@ class Service:
             except zmq.Again:
                 return
             try:
-                observe(message.bytes, message.get(zmq.SRCFD))
+                observe(message.bytes, _source_fd(message))
             except Exception as error:
                 self.guard.contained(WHERE_SUBSCRIPTION, error, message.bytes)
 
