@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from feedsvc.access import zap_domain
 from feedsvc.http_server import REJECT_REASONS, BoundedHttpServer, Response
 
 if TYPE_CHECKING:
@@ -121,8 +122,66 @@ class ServiceCollector:
             "Unix time of the last tick published (0 before the first).",
             value=service.last_publish_unix_s,
         )
+        yield from self._collect_limits()
         yield from self._collect_sync()
         yield from self._collect_mirror()
+
+    def _collect_limits(self) -> Iterator[Metric]:
+        """What peers hold and what was refused to them (docs/security.md's resource table)."""
+        service = self._service
+        internal = CounterMetricFamily(
+            "feedsvc_internal_errors",
+            "Inputs whose handling raised, contained (the input was refused), by where: ingest, "
+            "sync, subscription, monitor, zap.",
+            labels=["where"],
+        )
+        for where, count in service.guard.errors_by_where.items():
+            internal.add_metric([where], count)
+        authenticator = service.authenticator
+        internal.add_metric(["zap"], authenticator.internal_errors if authenticator else 0)
+        yield internal
+        refused = CounterMetricFamily(
+            "feedsvc_connections_refused",
+            "Connections closed or refused by a bound, by socket and reason (too_many_connections, "
+            "network_not_allowed, too_many_subscriptions, subscription_too_long).",
+            labels=["socket", "reason"],
+        )
+        connections = GaugeMetricFamily(
+            "feedsvc_connections", "Connections open now, by socket.", labels=["socket"]
+        )
+        refused_by_network = authenticator.refused_by_domain if authenticator else {}
+        for name, limiter in service.connections.items():
+            refused.add_metric([name, "too_many_connections"], limiter.refused)
+            refused.add_metric(
+                [name, "network_not_allowed"], refused_by_network.get(zap_domain(name), 0)
+            )
+            connections.add_metric([name], limiter.connected)
+        for reason, count in service.subscriptions.refused_by_reason.items():
+            refused.add_metric(["publisher", reason], count)
+        yield refused
+        yield connections
+        yield GaugeMetricFamily(
+            "feedsvc_subscriptions",
+            "Subscriptions subscribers hold now (each connection's, duplicates included).",
+            value=service.subscriptions.total,
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_subscription_bytes",
+            "Bytes of the distinct subscription prefixes held now.",
+            value=service.subscriptions.distinct_bytes,
+        )
+        publisher = service.publisher
+        yield GaugeMetricFamily(
+            "feedsvc_cache_bytes",
+            "Bytes the last-value cache has reserved (bounded by publisher.max_cache_bytes).",
+            value=publisher.cache_bytes if publisher else 0,
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_sync_inflight_bytes",
+            "Snapshot reply bytes libzmq still holds for clients (bounded by "
+            "sync.max_inflight_bytes).",
+            value=service.sync_inflight_bytes,
+        )
 
     def _collect_sync(self) -> Iterator[Metric]:
         sync = self._service.sync
