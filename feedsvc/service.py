@@ -81,10 +81,9 @@ FD_WARNING_SHARE: Final = 0.8
 FD_WARNING_INTERVAL_S: Final = 10.0
 # Descriptors the process needs besides its peers' connections (files, pipes, the mirror, HTTP).
 FD_BASE_NEEDS: Final = 256
-# Sync replies of at least this size are tracked until libzmq has let go of them (counted in
-# sync.max_inflight_bytes); smaller ones are bounded by SYNC_QUEUED_PER_PEER per connection.
-TRACKED_REPLY_BYTES: Final = 65_536
 _FD_DIR: Final = "/proc/self/fd"
+# Sync replies whose trackers are checked at once at most, between housekeeping passes.
+MAX_TRACKED_REPLIES: Final = 4_096
 
 
 def _source_fd(message: zmq.Frame) -> int:
@@ -221,8 +220,10 @@ class Service:
             if sync_config.endpoint:
                 rep = self._rep = self._context.socket(zmq.REP)
                 rep.setsockopt(zmq.MAXMSGSIZE, sync_config.max_request_bytes * HARD_LIMIT_FACTOR)
+                # Requests wait in the peer's connection beyond this (no loss: TCP pushes back).
+                # Not SNDHWM: a reply over it is dropped without a word, and libzmq sees a
+                # reader's progress late, so a small one drops replies to a client that reads.
                 rep.setsockopt(zmq.RCVHWM, SYNC_QUEUED_PER_PEER)
-                rep.setsockopt(zmq.SNDHWM, SYNC_QUEUED_PER_PEER)
                 rep.setsockopt(zmq.LINGER, 0)
                 self._prepare(rep, "sync")
                 self._bind(rep, "sync", "sync.endpoint", sync_config.endpoint)
@@ -485,6 +486,7 @@ class Service:
             if self._rep is not None and self._rep in ready:
                 self._serve_sync_requests()
             if housekeeping_limiter.allow():
+                self._forget_sent_replies()
                 self._count_fds()
                 if self.open_fds > FD_WARNING_SHARE * self.fd_limit and fd_warning_limiter.allow():
                     log.warning(
@@ -559,25 +561,28 @@ class Service:
                 return
 
     def _send_sync_reply(self, reply: bytes) -> None:
-        if len(reply) < TRACKED_REPLY_BYTES:
-            self._rep.send(reply)
-            return
-        # libzmq holds a large reply until it is written to the peer's connection (or the peer
-        # is gone): the tracker says when, so replies to clients that do not read are bounded.
+        # libzmq holds a reply until it is written to the peer's connection (or the peer is
+        # gone): the tracker says when, so replies to clients that do not read are bounded in
+        # total (sync.max_inflight_bytes) rather than per peer by a queue length.
         tracker = self._rep.send(reply, copy=False, track=True)
         self._replies_in_flight.append((tracker, len(reply)))
         self.sync_inflight_bytes += len(reply)
+        if len(self._replies_in_flight) > MAX_TRACKED_REPLIES:
+            self._forget_sent_replies()
 
     def _snapshot_room(self) -> int:
         """Bytes of snapshot replies that may be sent now (sync.max_inflight_bytes less those
         still held)."""
+        self._forget_sent_replies()
+        return self.config.sync.max_inflight_bytes - self.sync_inflight_bytes
+
+    def _forget_sent_replies(self) -> None:
         if self._replies_in_flight:
             held = [
                 (tracker, size) for tracker, size in self._replies_in_flight if not tracker.done
             ]
             self._replies_in_flight = held
             self.sync_inflight_bytes = sum(size for _tracker, size in held)
-        return self.config.sync.max_inflight_bytes - self.sync_inflight_bytes
 
     def _read_monitor(self, monitor: zmq.Socket, socket_name: str) -> None:
         connections = self.connections[socket_name]

@@ -51,7 +51,7 @@ MAX_SUBSCRIPTION_PREFIX_BYTES: Final = max(
 # and ZMTP metadata included (a few hundred bytes), so it only stops the grossly oversized; the
 # prefix bound above does the rest.
 PUBLISHER_MAX_MESSAGE_BYTES: Final = 2_048
-# Requests (and replies) queued per sync peer: a REQ has one in flight; a DEALER may pipeline.
+# Requests queued per sync peer: a REQ has one in flight; a DEALER may pipeline.
 SYNC_QUEUED_PER_PEER: Final = 2
 # Above this many times the size limit a peer is disconnected by libzmq instead of being read.
 HARD_LIMIT_FACTOR: Final = 4
