@@ -193,6 +193,9 @@ class SubscriptionLimiter:
         self._connections_by_prefix: dict[bytes, int] = {}
         self.total = 0
         self.distinct_bytes = 0
+        # Connections closed for a subscription, until their DISCONNECTED event: what they still
+        # send is ignored, and each counts once.
+        self._closing_fds: set[int] = set()
         self.refused_by_reason = dict.fromkeys(
             (REFUSED_TOO_MANY_SUBSCRIPTIONS, REFUSED_SUBSCRIPTION_TOO_LONG), 0
         )
@@ -202,6 +205,8 @@ class SubscriptionLimiter:
         closed for it."""
         if not message:
             return True
+        if fd in self._closing_fds:
+            return False
         prefix = message[1:]
         if message[0] == SUBSCRIBE:
             if len(prefix) > self.max_prefix_bytes:
@@ -245,11 +250,17 @@ class SubscriptionLimiter:
     def _refuse(self, fd: int, reason: str) -> bool:
         self.refused_by_reason[reason] += 1
         self.forget(fd)
-        close_connection(fd)
+        if close_connection(fd):
+            self._closing_fds.add(fd)
         return False
 
+    def disconnected(self, fd: int) -> None:
+        """Connection `fd` ended (its DISCONNECTED event): libzmq dropped its subscriptions."""
+        self._closing_fds.discard(fd)
+        self.forget(fd)
+
     def forget(self, fd: int) -> None:
-        """Connection `fd` ended: libzmq dropped its subscriptions."""
+        """Drop what connection `fd` held."""
         for prefix, times in list(self.prefixes_by_fd.get(fd, {}).items()):
             self._drop(fd, prefix, times)
         self.prefixes_by_fd.pop(fd, None)

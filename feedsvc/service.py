@@ -47,6 +47,7 @@ from feedsvc.sockets import (
     MAX_SUBSCRIPTION_PREFIX_BYTES,
     MONITORED_EVENTS,
     PUBLISHER_MAX_MESSAGE_BYTES,
+    PUBLISHER_MAX_MESSAGE_BYTES_CURVE,
     SOCKET_NAMES,
     SYNC_QUEUED_PER_PEER,
     bind_endpoint,
@@ -204,7 +205,12 @@ class Service:
             # Every subscription and unsubscription comes up, so each connection's count is
             # kept (libzmq still applies them itself).
             pub.setsockopt(zmq.XPUB_VERBOSER, 1)
-            pub.setsockopt(zmq.MAXMSGSIZE, PUBLISHER_MAX_MESSAGE_BYTES)
+            pub.setsockopt(
+                zmq.MAXMSGSIZE,
+                PUBLISHER_MAX_MESSAGE_BYTES_CURVE
+                if config.curve.enabled
+                else PUBLISHER_MAX_MESSAGE_BYTES,
+            )
             self._prepare(pub, "publisher")
             for index, endpoint in plain_endpoints_first(publisher_config.endpoints):
                 self._bind(pub, "publisher", f"publisher.endpoints[{index}]", endpoint)
@@ -596,10 +602,14 @@ class Service:
                 event = parse_monitor_message(message)
                 kind, fd = event["event"], event["value"]
                 if kind == zmq.EVENT_ACCEPTED:
+                    if is_publisher:
+                        # A reused descriptor starts clean: subscriptions read after its last
+                        # owner's DISCONNECTED event were counted against it.
+                        self.subscriptions.disconnected(fd)
                     connections.accepted(fd)
                 elif kind == zmq.EVENT_DISCONNECTED:
                     if connections.disconnected(fd) and is_publisher:
-                        self.subscriptions.forget(fd)
+                        self.subscriptions.disconnected(fd)
                 elif kind & HANDSHAKE_FAILURES:
                     self.rejected_handshakes[socket_name, HANDSHAKE_REJECT_REASONS[kind]] += 1
                     if is_publisher:

@@ -47,10 +47,11 @@ MAX_SUBSCRIPTION_PREFIX_BYTES: Final = max(
     len(topic_prefix(marker_topic("m" * MAX_MARKER_LENGTH))), MAX_SYMBOL_LENGTH + 1
 )
 # Larger messages to the PUB socket disconnect their sender in libzmq (ZMQ_MAXMSGSIZE), before
-# they are stored. It applies on the wire to every ZMTP frame, the Curve handshake's commands
-# and ZMTP metadata included (a few hundred bytes), so it only stops the grossly oversized; the
-# prefix bound above does the rest.
-PUBLISHER_MAX_MESSAGE_BYTES: Final = 2_048
+# they are stored: a subscription with the longest useful prefix, with room for ZMTP 3.1's
+# SUBSCRIBE command name and a little metadata. libzmq applies it on the wire to the Curve
+# handshake's commands too, which need about 300 bytes; with Curve only listed keys get that far.
+PUBLISHER_MAX_MESSAGE_BYTES: Final = 128
+PUBLISHER_MAX_MESSAGE_BYTES_CURVE: Final = 512
 # Requests queued per sync peer: a REQ has one in flight; a DEALER may pipeline.
 SYNC_QUEUED_PER_PEER: Final = 2
 # Above this many times the size limit a peer is disconnected by libzmq instead of being read.
