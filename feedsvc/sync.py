@@ -50,6 +50,8 @@ ERRORS: Final = (
 DEFAULT_MAX_SNAPSHOT_BYTES: Final = 64 * 1024 * 1024
 # Reply bytes per symbol besides its payload: the symbol key, "seq", "tick" and punctuation.
 _SNAPSHOT_BYTES_PER_SYMBOL: Final = 112
+# A reply's bytes besides its snapshot entries: ok, epoch, marker (an empty snapshot is not free).
+_SNAPSHOT_REPLY_BYTES: Final = 160
 
 # symbols (None = all) -> {symbol: (last seq, last payload bytes or None)}
 SnapshotSource = Callable[[Iterable[str] | None], dict[str, tuple[int, bytes | None]]]
@@ -214,13 +216,14 @@ class SyncHandler:
             # Every symbol: refuse on the cache's own bound before reading a single entry.
             symbol_count, payload_bytes = self._all_symbols_bytes()
             self._check_snapshot_size(
-                symbol_count, payload_bytes + _SNAPSHOT_BYTES_PER_SYMBOL * symbol_count
+                symbol_count,
+                _SNAPSHOT_REPLY_BYTES + payload_bytes + _SNAPSHOT_BYTES_PER_SYMBOL * symbol_count,
             )
         cache = self._snapshot_source(symbols)
         estimated_bytes = sum(
             len(symbol) + (len(payload) if payload is not None else 4)
             for symbol, (_seq, payload) in cache.items()
-        ) + _SNAPSHOT_BYTES_PER_SYMBOL * len(cache)
+        ) + (_SNAPSHOT_REPLY_BYTES + _SNAPSHOT_BYTES_PER_SYMBOL * len(cache))
         self._check_snapshot_size(len(cache), estimated_bytes)
         snapshot = {
             symbol: {
