@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
@@ -235,3 +236,39 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
     broker.start()
     yield broker
     broker.stop()
+
+
+# Hypothesis profiles. "ci" (the default) replays the same examples on every run, so a red CI
+# run is red again on a laptop and never flips on its own; "fuzz" (scripts/fuzz.sh) searches at
+# random with many more examples, to find what the fixed examples miss. Both run without a
+# deadline: on the 2-core machines a busy neighbour would make timings fail, not the code.
+HYPOTHESIS_PROFILE_VARIABLE = "FEEDSVC_HYPOTHESIS_PROFILE"
+hypothesis.settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.register_profile(
+    "fuzz",
+    derandomize=False,
+    max_examples=5000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+# An unknown name fails loudly (InvalidArgument) instead of silently running "ci".
+hypothesis.settings.load_profile(os.environ.get(HYPOTHESIS_PROFILE_VARIABLE) or "ci")
+
+
+def fuzz_examples(ci_examples: int) -> int:
+    """max_examples for a property: `ci_examples` under "ci", far more under "fuzz".
+
+    A property's own max_examples overrides the profile's, so without this the fuzz profile
+    would search no further than CI does.
+    """
+    if hypothesis.settings.get_current_profile_name() == "fuzz":
+        return max(ci_examples * 50, 2000)
+    return ci_examples

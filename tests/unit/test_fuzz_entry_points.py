@@ -39,6 +39,7 @@ from feedsvc.ticks import (
     symbol_problem,
     tick_problem,
 )
+from tests.conftest import fuzz_examples
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -168,7 +169,7 @@ def _nonzero(counts: dict[str, int]) -> Counter[str]:
     return Counter({reason: count for reason, count in counts.items() if count})
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=fuzz_examples(200))
 @given(frame=INGEST_FRAMES, max_message_bytes=st.sampled_from([64, 512, 1 << 20]))
 @example(frame=b"\xff\xfe", max_message_bytes=64)
 @example(frame=b"[" * 2000 + b"]" * 2000, max_message_bytes=1 << 20)
@@ -190,7 +191,7 @@ def test_every_ingest_tick_is_accepted_or_counted_once_under_its_reason(
     assert all(tick_problem(tick) is None for tick in accepted)
 
 
-@settings(FUZZ, max_examples=50)
+@settings(FUZZ, max_examples=fuzz_examples(50))
 @given(frames=st.lists(INGEST_FRAMES, min_size=1, max_size=20))
 def test_decoder_keeps_no_state_that_grows_with_its_input(frames: list[bytes]) -> None:
     """However much garbage arrives, the decoder holds only its limit and one counter per
@@ -215,7 +216,7 @@ VALID_TICKS = st.fixed_dictionaries(
 )
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=fuzz_examples(60))
 @given(
     frames=st.lists(
         st.one_of(st.lists(VALID_TICKS, max_size=10).map(orjson.dumps), INGEST_FRAMES),
@@ -258,7 +259,7 @@ DEEP_EXTRA_FIELD_FRAME = (
 )
 
 
-@settings(FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=fuzz_examples(100))
 @given(frame=INGEST_FRAMES)
 @example(frame=DEEP_EXTRA_FIELD_FRAME)
 def test_every_tick_the_decoder_accepts_can_be_published(frame: bytes) -> None:
@@ -351,7 +352,7 @@ def _sync_problems(request: bytes) -> set[str]:
     return problems
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=fuzz_examples(300))
 @given(request=SYNC_REQUESTS)
 @example(request=orjson.dumps({"op": "snapshot", "client": "c", "marker": "m", "symbols": None}))
 @example(request=orjson.dumps({"op": "snapshot", "client": "c", "marker": "m", "symbols": [[]]}))
@@ -404,7 +405,7 @@ def test_any_sync_request_gets_the_reply_the_protocol_allows_and_is_counted(
         assert (entry["tick"] is None) == (symbol not in KNOWN_SYMBOLS)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=fuzz_examples(150))
 @given(clients=st.lists(SYNC_IDS, max_size=30), bound=st.integers(0, 8))
 def test_ready_clients_never_exceed_max_ready_clients(clients: list[str], bound: int) -> None:
     """A stream of made-up client ids cannot grow the handshake set past max_ready_clients: the
@@ -418,7 +419,7 @@ def test_ready_clients_never_exceed_max_ready_clients(clients: list[str], bound:
     assert handler.ready_clients == set(list(dict.fromkeys(clients))[:bound])
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=fuzz_examples(60))
 @given(
     requests=st.lists(
         st.one_of(
@@ -615,7 +616,7 @@ def _check_config_error(error: ConfigError, one_line: bool = True) -> None:
         assert len(message.splitlines()) == 1, message
 
 
-@settings(FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=fuzz_examples(100))
 @given(content=st.binary(max_size=300))
 @example(content=b"\xff")
 def test_config_file_of_arbitrary_bytes_gives_config_or_config_error(content: bytes) -> None:
@@ -627,7 +628,7 @@ def test_config_file_of_arbitrary_bytes_gives_config_or_config_error(content: by
         _check_config_error(error, one_line=False)
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=fuzz_examples(200))
 @given(text=st.one_of(st.text(max_size=200), YAML_TOKENS))
 def test_config_file_of_arbitrary_text_gives_config_or_config_error(text: str) -> None:
     """Any UTF-8 text as config.yaml (broken YAML, tags, anchors, odd scalars) gives a Config or
@@ -676,7 +677,7 @@ def _check_values_taken(config: Config, document: dict[Any, Any]) -> None:
             _check_value_taken(config, section, key, value)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=fuzz_examples(150))
 @given(document=CONFIG_DOCUMENTS, prefer_yaml=st.booleans())
 @example(document={"publisher": {"sndhwm": True}}, prefer_yaml=False)
 @example(document={"synthetic": {"rate": 1e308, "burst_rate": 1.0}}, prefer_yaml=False)
@@ -729,7 +730,7 @@ SET_ASSIGNMENTS = st.one_of(
 )
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=fuzz_examples(300))
 @given(assignments=st.lists(SET_ASSIGNMENTS, min_size=1, max_size=3))
 @example(assignments=["publisher.endpoints.x=1"])
 @example(assignments=["synthetic=5", "synthetic.rate=1"])
