@@ -511,6 +511,10 @@ class Service:
                 self._drain_ingest(INGEST_SECONDS_PER_PASS, INGEST_BYTES_PER_PASS)
             if self._rep is not None and self._rep in ready:
                 self._serve_sync_requests()
+            if self._reload_keys_requested:
+                self._reload_keys_requested = False
+                self._reload_authorized_keys()
+            # Once a second, not every pass: these read and compare every counter.
             if housekeeping_limiter.allow():
                 self._forget_sent_replies()
                 self._trim_heap_after_disconnects(now)
@@ -523,22 +527,19 @@ class Service:
                         self.fd_limit,
                         {name: limiter.connected for name, limiter in self.connections.items()},
                     )
-            refusals = self._refusal_counts()
-            if refusals != handshakes_logged and handshake_limiter.allow():
-                self._log_refused_connections(handshakes_logged, refusals)
-                handshakes_logged = refusals
-            if self._reload_keys_requested:
-                self._reload_keys_requested = False
-                self._reload_authorized_keys()
-            rejected_by_reason = self.rejected_by_reason
-            rejected_total = sum(rejected_by_reason.values())
-            if rejected_total != rejected_logged and reject_limiter.allow():
-                log.warning(
-                    "rejected %d ingest ticks since last report; totals by reason: %s",
-                    rejected_total - rejected_logged,
-                    {reason: n for reason, n in rejected_by_reason.items() if n},
-                )
-                rejected_logged = rejected_total
+                refusals = self._refusal_counts()
+                if refusals != handshakes_logged and handshake_limiter.allow():
+                    self._log_refused_connections(handshakes_logged, refusals)
+                    handshakes_logged = refusals
+                rejected_by_reason = self.rejected_by_reason
+                rejected_total = sum(rejected_by_reason.values())
+                if rejected_total != rejected_logged and reject_limiter.allow():
+                    log.warning(
+                        "rejected %d ingest ticks since last report; totals by reason: %s",
+                        rejected_total - rejected_logged,
+                        {reason: n for reason, n in rejected_by_reason.items() if n},
+                    )
+                    rejected_logged = rejected_total
             if stats_limiter.allow():
                 now = monotonic()
                 rate = (publisher.published - published_at_last_stats) / (now - last_stats_at)
