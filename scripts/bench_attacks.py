@@ -227,39 +227,44 @@ def findings(run: dict[str, Any], baseline: dict[str, Any] | None, limit_gb: flo
     return found
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Bar chart per run: the victim's rate ratio and the peak RSS."""
+def plot(reports: list[dict[str, Any]], path: Path) -> None:
+    """Bar chart per attack: the victim's rate ratio and the peak RSS, one bar per report (e.g.
+    before and after a change), hatched where serve exited or was stopped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    runs = [report["baseline"], *report["attacks"]]
-    names = [run["attack"] for run in runs]
-    ratios = [run.get("rate_ratio") or 0.0 for run in runs]
-    peaks = [(run.get("peak_rss_bytes") or 0) / MB for run in runs]
-    colors = [
-        "tab:red"
-        if run.get("stopped_at_rss_limit") or run.get("alive") is False or "failed" in run
-        else "tab:blue"
-        for run in runs
-    ]
+    names = [run["attack"] for run in [reports[-1]["baseline"], *reports[-1]["attacks"]]]
     figure, (rate_axes, rss_axes) = plt.subplots(
-        1, 2, figsize=(12, 0.45 * len(runs) + 1.5), sharey=True
+        1, 2, figsize=(12, 0.25 * len(names) * len(reports) + 2), sharey=True
     )
-    rate_axes.barh(names, ratios, color=colors)
+    height = 0.8 / len(reports)
+    for index, report in enumerate(reports):
+        by_name = {run["attack"]: run for run in [report["baseline"], *report["attacks"]]}
+        runs = [by_name.get(name, {}) for name in names]
+        positions = [row + index * height for row in range(len(names))]
+        hatches = [
+            "//" if run.get("stopped_at_rss_limit") or run.get("alive") is False else ""
+            for run in runs
+        ]
+        ratios = [run.get("rate_ratio") or 0.0 for run in runs]
+        peaks = [(run.get("peak_rss_bytes") or 0) / MB for run in runs]
+        for axes, values in ((rate_axes, ratios), (rss_axes, peaks)):
+            bars = axes.barh(positions, values, height=height, label=report["label"])
+            for bar, hatch in zip(bars, hatches, strict=True):
+                bar.set_hatch(hatch)
+    rate_axes.set_yticks([row + 0.4 - height / 2 for row in range(len(names))], names)
     rate_axes.axvline(1.0, color="grey", linestyle="--", linewidth=1)
     rate_axes.set_xlabel("victim rate / configured rate")
     rate_axes.invert_yaxis()
-    rss_axes.barh(names, peaks, color=colors)
     rss_axes.set_xscale("log")
     rss_axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
     rss_axes.set_xlabel("peak RSS of serve (MB, log)")
-    if peaks[0]:
-        rss_axes.axvline(peaks[0], color="grey", linestyle="--", linewidth=1)
-    figure.suptitle(f"feedsvc under attack ({report['label']}); red: exited or stopped")
-    figure.tight_layout()
+    rss_axes.legend(loc="lower right", fontsize="small")
+    figure.suptitle("feedsvc under attack; hatched: serve exited or was stopped")
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -298,6 +303,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, help="results (default stdout)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG bar chart")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="an earlier run's --json (e.g. before a change), drawn beside this one",
+    )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="run nothing: draw the --compare runs into --plot",
+    )
     parser.add_argument("--rss-limit-gb", type=float, default=3.0, help="kill serve beyond")
     parser.add_argument("--settle", type=float, default=2.0, help="s after the attack, for RSS")
     parser.add_argument("--sigterm-timeout", type=float, default=60.0)
@@ -318,6 +336,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        plot([json.loads(path.read_text()) for path in args.compare], args.plot)
+        return 0
     attacks = args.attack or list(hostile.ATTACKS)
     report: dict[str, Any] = {
         "benchmark": "bench_attacks",
@@ -370,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.json.write_text(document + "\n")
     if args.plot is not None:
-        plot(report, args.plot)
+        plot([*(json.loads(path.read_text()) for path in args.compare), report], args.plot)
     return 0
 
 
