@@ -29,7 +29,29 @@ KAFKA_CONNECTION_PREFIXES: Final = ("security.", "sasl.", "ssl.", "enable.ssl.")
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, also reading 2e4 as a number (YAML 1.2 does; PyYAML's 1.1 does not)."""
+    """PyYAML's safe loader, also reading 2e4 as a number (YAML 1.2 does; PyYAML's 1.1 does not),
+    with mapping keys kept as written: a key is a name, and an error must name it the way the
+    user wrote it (``0E0``, not the number 0.0 it would resolve to)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # merge keys (<<) first, as the safe loader does
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key: Any = key_node.value
+            else:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    hash(key)
+                except TypeError:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        "found an unhashable key",
+                        key_node.start_mark,
+                    ) from None
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
 
 
 _YamlLoader.add_implicit_resolver(

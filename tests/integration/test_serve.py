@@ -7,6 +7,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jsonschema
 import orjson
@@ -255,6 +256,15 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(serve: Serve) -> None:
     assert process.popen.wait(timeout=30) == 2
     lines = process.log.strip().splitlines()
     assert lines == ["feedsvc: config error: synthetic.rate: must be >= 0.0, got -1"]
+
+
+def test_a_config_key_is_named_as_written(serve: Serve, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("0E0: 1\n")  # YAML reads the key as the number 0.0
+    process = serve(extra_args=("--config", str(config)))
+    assert process.popen.wait(timeout=30) == 2
+    lines = process.log.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("feedsvc: config error: 0E0: unknown key"), lines
 
 
 def test_bad_config_file_key_is_named(serve: Serve, tmp_path: object) -> None:

@@ -144,3 +144,13 @@ def test_bad_file_is_one_line_naming_config(tmp_path: Path) -> None:
 def test_parse_override_splits_key_path() -> None:
     assert parse_override("kafka.topic=audit") == (["kafka", "topic"], "audit")
     assert parse_override("synthetic.rate=2e4") == (["synthetic", "rate"], 2e4)
+
+
+def test_a_key_is_named_as_written_not_as_the_number_yaml_reads(tmp_path: Path) -> None:
+    for text, named in (("0E0: 1\n", "0E0"), ("publisher:\n  1e3: 5\n", "publisher.1e3")):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            load_config(path)
+        assert error.value.key == named
+        assert str(error.value).startswith(f"{named}: unknown key")

@@ -682,6 +682,9 @@ def _check_values_taken(config: Config, document: dict[Any, Any]) -> None:
 @example(document={"publisher": {"sndhwm": True}}, prefer_yaml=False)
 @example(document={"synthetic": {"rate": 1e308, "burst_rate": 1.0}}, prefer_yaml=False)
 @example(document={"kafka": {"producer": {"1": [1]}}}, prefer_yaml=True)
+# A key YAML would read as a number (0.0) must be named as written.
+@example(document={"0E0": 1}, prefer_yaml=True)
+@example(document={"publisher": {"1e3": 1}}, prefer_yaml=True)
 def test_config_structures_give_config_with_their_values_or_a_one_line_error(
     document: object, prefer_yaml: bool
 ) -> None:
