@@ -87,6 +87,7 @@ _SYNC_REFUSAL_HINTS: Final = MappingProxyType(
         "snapshot_too_large": "subscribe to fewer symbols per subscriber",
         "busy": "the service is sending other snapshots; retry later",
         "internal_error": "the service logged the failure; retry later",
+        "unknown_marker": "send ready only after the snapshot reply and its marker",
     }
 )
 

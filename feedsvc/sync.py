@@ -33,6 +33,8 @@ ERROR_SNAPSHOT_TOO_LARGE: Final = "snapshot_too_large"
 # Snapshot replies to other clients that have not left yet hold sync.max_inflight_bytes: try again
 # after a backoff (the client library does).
 ERROR_BUSY: Final = "busy"
+# A ready for a (client, marker) this service served no snapshot to: not a completed handshake.
+ERROR_UNKNOWN_MARKER: Final = "unknown_marker"
 # Handling the request raised (a bug, counted in feedsvc_internal_errors_total{where="sync"}).
 ERROR_INTERNAL: Final = "internal_error"
 # Errors a client should retry after a backoff; the others need a different request.
@@ -45,6 +47,7 @@ ERRORS: Final = (
     ERROR_TOO_LARGE,
     ERROR_SNAPSHOT_TOO_LARGE,
     ERROR_BUSY,
+    ERROR_UNKNOWN_MARKER,
     ERROR_INTERNAL,
 )
 DEFAULT_MAX_SNAPSHOT_BYTES: Final = 64 * 1024 * 1024
@@ -136,6 +139,10 @@ class SyncHandler:
         self.ready_clients: set[str] = set()
         # Bounds the set of client ids a stream of made-up ids could grow.
         self.max_ready_clients = 100_000
+        # (client, marker) of the snapshots served and not yet confirmed by a ready; the oldest
+        # are forgotten first beyond the bound.
+        self._served: dict[tuple[str, str], None] = {}
+        self.max_unconfirmed_snapshots = 100_000
 
     @property
     def completed_handshakes(self) -> int:
@@ -193,6 +200,15 @@ class SyncHandler:
             )
 
     def _ready(self, fields: dict[str, Any]) -> SyncReply:
+        # Only a client that got its snapshot has completed the handshake.
+        served = (fields["client"], fields["marker"])
+        if served not in self._served:
+            raise _BadRequest(
+                ERROR_UNKNOWN_MARKER,
+                "no snapshot was served to this client with this marker; ready follows the "
+                "snapshot reply and its marker",
+            )
+        del self._served[served]
         if len(self.ready_clients) < self.max_ready_clients:
             self.ready_clients.add(fields["client"])
         return SyncReply(b'{"ok":true}', None)
@@ -241,5 +257,8 @@ class SyncHandler:
             "snapshot": snapshot,
         }
         self.snapshots_served += 1
+        while self._served and len(self._served) >= self.max_unconfirmed_snapshots:
+            del self._served[next(iter(self._served))]
+        self._served[fields["client"], marker] = None
         marker_frame = encode_frame(marker_topic(marker), {"epoch": self.epoch, "marker": marker})
         return SyncReply(orjson.dumps(reply), marker_frame)

@@ -315,3 +315,28 @@ def test_many_clients_joining_at_once_each_get_contiguous_ticks(
         client.join(timeout=60)
     assert not any(client.is_alive() for client in clients)
     assert problems == []
+
+
+def test_a_bare_ready_does_not_release_wait_subscribers(
+    serve: Serve, ipc_endpoint: str, zmq_context: zmq.Context
+) -> None:
+    sync_endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    process = serve(
+        *serve_settings([ipc_endpoint], "synthetic.rate=5000"),
+        f"sync.endpoint={sync_endpoint}",
+        extra_args=("--wait-subscribers", "1"),
+    )
+    probe = subscribed_probe(zmq_context, ipc_endpoint, process, b"")
+    # Readies from clients that never asked for a snapshot, and for a marker never served.
+    for client in ("c1", "c2", "c3"):
+        ready = {"op": "ready", "client": client, "marker": "never-served"}
+        reply = _request(zmq_context, sync_endpoint, orjson.dumps(ready))
+        assert reply["ok"] is False and reply["error"] == "unknown_marker", reply
+    held_until = time.monotonic() + 1.5
+    while time.monotonic() < held_until:
+        if probe.poll(100):
+            assert probe.recv().startswith(b"_"), "ticks published before a real handshake"
+    # One client that received its snapshot (and confirms that marker) releases the feed.
+    sub, _reply, _before = _handshake(zmq_context, ipc_endpoint, sync_endpoint, None)
+    seqs = _seqs_after(sub, 500)
+    assert seqs and all(seen[0] == 1 for seen in seqs.values()), seqs

@@ -349,6 +349,9 @@ def _sync_problems(request: bytes) -> set[str]:
             problems.add("too_many_symbols")
         elif any(symbol_problem(symbol) for symbol in symbols):
             problems.add("bad_symbol")
+    if fields["op"] == "ready" and not problems:
+        # The handler here is new: it served no snapshot that a ready could confirm.
+        problems.add("unknown_marker")
     return problems
 
 
@@ -382,10 +385,7 @@ def test_any_sync_request_gets_the_reply_the_protocol_allows_and_is_counted(
         return
     assert problems == set() and rejected == Counter()
     fields = orjson.loads(request)
-    if fields["op"] == "ready":
-        assert decoded == {"ok": True} and reply.marker_frame is None
-        assert handler.ready_clients == {fields["client"]} and handler.snapshots_served == 0
-        return
+    assert fields["op"] == "snapshot"
     assert handler.snapshots_served == 1 and handler.completed_handshakes == 0
     assert decoded["epoch"] == 9 and decoded["marker"] == MARKER_TOPIC_PREFIX + fields["marker"]
     assert reply.marker_frame is not None
@@ -409,10 +409,11 @@ def test_any_sync_request_gets_the_reply_the_protocol_allows_and_is_counted(
 @given(clients=st.lists(SYNC_IDS, max_size=30), bound=st.integers(0, 8))
 def test_ready_clients_never_exceed_max_ready_clients(clients: list[str], bound: int) -> None:
     """A stream of made-up client ids cannot grow the handshake set past max_ready_clients: the
-    first distinct ids up to the bound are kept, every ready still gets ok."""
+    first distinct ids up to the bound are kept, every ready after its snapshot still gets ok."""
     handler = _sync_handler()
     handler.max_ready_clients = bound
     for client in clients:
+        handler.handle(orjson.dumps({"op": "snapshot", "client": client, "marker": "m"}))
         reply = handler.handle(orjson.dumps({"op": "ready", "client": client, "marker": "m"}))
         assert orjson.loads(reply.reply) == {"ok": True}
         assert len(handler.ready_clients) <= bound

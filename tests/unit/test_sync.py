@@ -53,11 +53,29 @@ def test_all_symbols_when_symbols_is_null() -> None:
 
 def test_ready_counts_distinct_clients() -> None:
     handler, _, _ = _handler()
-    for client in ("a", "b", "a"):
-        reply = handler.handle(orjson.dumps({"op": "ready", "client": client, "marker": "x"}))
+    for attempt, client in enumerate(("a", "b", "a")):
+        marker = f"x{attempt}"
+        handler.handle(orjson.dumps({"op": "snapshot", "client": client, "marker": marker}))
+        reply = handler.handle(orjson.dumps({"op": "ready", "client": client, "marker": marker}))
         assert orjson.loads(reply.reply) == {"ok": True}
         assert reply.marker_frame is None
     assert handler.completed_handshakes == 2
+
+
+def test_a_ready_without_its_snapshot_is_refused_and_not_counted() -> None:
+    handler, _, _ = _handler()
+    handler.handle(orjson.dumps({"op": "snapshot", "client": "a", "marker": "m1"}))
+    for client, marker in (("b", "m1"), ("a", "m2"), ("c", "c")):
+        reply = handler.handle(orjson.dumps({"op": "ready", "client": client, "marker": marker}))
+        assert orjson.loads(reply.reply)["error"] == "unknown_marker"
+    assert handler.completed_handshakes == 0
+    reply = handler.handle(orjson.dumps({"op": "ready", "client": "a", "marker": "m1"}))
+    assert orjson.loads(reply.reply) == {"ok": True}
+    # A marker confirms one handshake: a second ready for it is refused.
+    reply = handler.handle(orjson.dumps({"op": "ready", "client": "a", "marker": "m1"}))
+    assert orjson.loads(reply.reply)["error"] == "unknown_marker"
+    assert handler.completed_handshakes == 1
+    assert handler.rejected_by_reason["unknown_marker"] == 4
 
 
 def _error(handler: SyncHandler, request: bytes) -> str:
