@@ -502,20 +502,24 @@ class Service:
                     published_at_last_rate, last_rate_at = publisher.published, now
             ready = dict(poller.poll(math.ceil(wait_s * 1000) if wait_s > 0 else 0))
             # Connections first: a connection over a cap is closed before it is served.
+            peers_changed = False
             for monitor, socket_name in self._monitors.items():
                 if monitor in ready:
                     self._read_monitor(monitor, socket_name)
+                    peers_changed = True
             if self._pub in ready:
                 self._read_subscriptions()
-            if self._pull is not None and self._pull in ready:
+                peers_changed = True
+            ingest_read = self._pull is not None and self._pull in ready
+            if ingest_read:
                 self._drain_ingest(INGEST_SECONDS_PER_PASS, INGEST_BYTES_PER_PASS)
             if self._rep is not None and self._rep in ready:
                 self._serve_sync_requests()
             if self._reload_keys_requested:
                 self._reload_keys_requested = False
                 self._reload_authorized_keys()
-            # Once a second, not every pass: these read and compare every counter.
-            if housekeeping_limiter.allow():
+            housekeeping = housekeeping_limiter.allow()
+            if housekeeping:
                 self._forget_sent_replies()
                 self._trim_heap_after_disconnects(now)
                 self._count_fds()
@@ -527,17 +531,22 @@ class Service:
                         self.fd_limit,
                         {name: limiter.connected for name, limiter in self.connections.items()},
                     )
+            # The counters are compared only in passes that may have changed them (and once a
+            # second for what other threads count): a quiet pass costs nothing here.
+            if peers_changed or housekeeping:
                 refusals = self._refusal_counts()
                 if refusals != handshakes_logged and handshake_limiter.allow():
                     self._log_refused_connections(handshakes_logged, refusals)
                     handshakes_logged = refusals
-                rejected_by_reason = self.rejected_by_reason
-                rejected_total = sum(rejected_by_reason.values())
+            if ingest_read or housekeeping:
+                rejected_total = sum(self.decoder.rejected_by_reason.values()) + sum(
+                    publisher.refused_by_reason.values()
+                )
                 if rejected_total != rejected_logged and reject_limiter.allow():
                     log.warning(
                         "rejected %d ingest ticks since last report; totals by reason: %s",
                         rejected_total - rejected_logged,
-                        {reason: n for reason, n in rejected_by_reason.items() if n},
+                        {reason: n for reason, n in self.rejected_by_reason.items() if n},
                     )
                     rejected_logged = rejected_total
             if stats_limiter.allow():
