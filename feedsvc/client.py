@@ -119,10 +119,15 @@ class Gap(NamedTuple):
 
 
 class Restart(NamedTuple):
-    """The publisher restarted: every symbol's sequence starts again in new_epoch."""
+    """The publisher restarted: every symbol's sequence starts again at 1 in new_epoch.
+
+    `gap`: the tick that showed the restart was not its symbol's seq 1 (the ticks before it in
+    the new epoch were missed), or None.
+    """
 
     old_epoch: int
     new_epoch: int
+    gap: Gap | None = None
 
 
 class Duplicate(NamedTuple):
@@ -144,14 +149,18 @@ def _checked_int(name: str, value: object) -> int:
 class SequenceTracker:
     """Follows the per-symbol seq of one publisher and says what each tick means.
 
-    The first tick of a symbol sets its baseline (no gap: nothing was expected yet). A tick
-    whose epoch differs from the current one is a publisher restart: all baselines are dropped and
-    the tick becomes the first of its symbol in the new epoch. Epochs are compared for equality
-    only, so a publisher whose epoch went backwards (clock change, replay) is followed, not ignored.
+    In the first epoch followed, the first tick of a symbol sets its baseline (no gap: the client
+    joined a running feed and nothing was expected yet). A tick or heartbeat whose epoch differs
+    from the current one is a publisher restart: every seq starts again at 1, so from then on
+    the first tick of a symbol with seq n > 1 means n - 1 missed ticks, reported as a gap like
+    any other. Epochs are compared for equality only, so a publisher whose epoch went backwards
+    (clock change, replay) is followed, not ignored.
     """
 
     def __init__(self) -> None:
         self._epoch: int | None = None
+        # The current epoch was entered by a restart: every symbol is expected from seq 1.
+        self._from_first_seq = False
         # symbol -> [last seq]: one dict lookup per tick finds and updates it.
         self._last_seq_by_symbol: dict[str, list[int]] = {}
 
@@ -193,7 +202,7 @@ class SequenceTracker:
             if not isinstance(symbol, str):
                 raise TypeError(f"sym must be a string, got {symbol!r}")
             self._last_seq_by_symbol[symbol] = [seq]
-            return None
+            return self._missed_from_first(symbol, tick["epoch"], seq)
         last_seq = state[0]
         if seq <= last_seq:
             return Duplicate(symbol, tick["epoch"], last_seq, seq)
@@ -206,7 +215,15 @@ class SequenceTracker:
             raise TypeError(f"sym must be a string, got {symbol!r}")
         restart = self.observe_epoch(tick["epoch"])
         self._last_seq_by_symbol[symbol] = [seq]
-        return restart
+        if restart is None:
+            return None
+        return restart._replace(gap=self._missed_from_first(symbol, tick["epoch"], seq))
+
+    def _missed_from_first(self, symbol: str, epoch: int, seq: int) -> Gap | None:
+        """The gap before a symbol's first tick of an epoch entered by a restart."""
+        if self._from_first_seq and seq > 1:
+            return Gap(symbol, epoch, 1, seq, seq - 1)
+        return None
 
     def skip(self, symbol: str, count: int) -> None:
         """`count` ticks of `symbol` after its last seq were passed over unread on purpose
@@ -222,6 +239,7 @@ class SequenceTracker:
         _checked_int("epoch", epoch)
         old_epoch, self._epoch = self._epoch, epoch
         self._last_seq_by_symbol.clear()
+        self._from_first_seq = old_epoch is not None
         return None if old_epoch is None else Restart(old_epoch, epoch)
 
     def set_baseline(self, symbol: str, epoch: int, seq: int) -> Restart | None:
@@ -680,6 +698,8 @@ class SubscriberStats:
     # Sync handshake: snapshot requests sent, snapshot ticks delivered first, and ticks dropped
     # because the snapshot already covered them (expected, unlike duplicates).
     sync_attempts: int = 0
+    # Handshakes completed: the first, and one after each publisher restart.
+    syncs: int = 0
     snapshot_ticks: int = 0
     snapshot_overlap: int = 0
     # Connection handshakes that failed (see Subscriber.handshake_failure); counted while the
@@ -774,6 +794,9 @@ class _SubscriberCore:
         self._sync_symbols = None if prefix_list or not symbol_list else symbol_list
         self._sync_timeout_s, self._sync_attempts = sync_timeout_s, sync_attempts
         self._sync_pending = sync_endpoint is not None
+        # The pending sync follows a publisher restart: live ticks already flow in the new
+        # epoch, and the snapshot only fills in the symbols that have not ticked in it yet.
+        self._resyncing = False
         self.client_id = new_sync_id()
         self._sync_steps: Generator[_SyncWait, None, SyncSnapshot] | None = None
         self._sync_req_owned: zmq.Socket | None = None
@@ -936,16 +959,12 @@ class _SubscriberCore:
         """Count a sequence event and call its callback; returns whether the tick is delivered."""
         stats = self.stats
         if type(event) is Gap:
-            stats.gaps += 1
-            stats.missed += event.missed
-            stats.missed_by_symbol[event.symbol] = (
-                stats.missed_by_symbol.get(event.symbol, 0) + event.missed
-            )
-            if self._on_gap is not None:
-                self._on_gap(event)
+            self._count_gap(event)
             return True
         if type(event) is Restart:
             self._restarted(event)
+            if event.gap is not None:
+                self._count_gap(event.gap)
             return True
         if (
             event.epoch == self._snapshot_epoch
@@ -956,8 +975,20 @@ class _SubscriberCore:
             stats.duplicates += 1
         return False
 
-    def _restarted(self, restart: Restart) -> None:
+    def _count_gap(self, gap: Gap) -> None:
+        stats = self.stats
+        stats.gaps += 1
+        stats.missed += gap.missed
+        stats.missed_by_symbol[gap.symbol] = stats.missed_by_symbol.get(gap.symbol, 0) + gap.missed
+        if self._on_gap is not None:
+            self._on_gap(gap)
+
+    def _restarted(self, restart: Restart, resync: bool = True) -> None:
         self.stats.restarts += 1
+        # A synced client syncs again in the new epoch: quiet symbols get their new value, and
+        # the snapshot is the new baseline. The next recv() runs it.
+        if resync and self.sync_endpoint is not None and self._snapshot is not None:
+            self._sync_pending = self._resyncing = True
         if self._on_restart is not None:
             self._on_restart(restart)
 
@@ -1129,7 +1160,8 @@ class _SubscriberCore:
             if self._sync_req is None:
                 self._open_sync_req()
             while True:
-                self._drop_frames_before_snapshot(handshake)
+                if not self._resyncing:
+                    self._drop_frames_before_snapshot(handshake)
                 request = handshake.start_attempt()
                 self.stats.sync_attempts += 1
                 reply = yield from self._sync_attempt(handshake, request)
@@ -1255,6 +1287,9 @@ class _SubscriberCore:
     def _finish_sync(self, snapshot: SyncSnapshot) -> None:
         """Apply the snapshot: baselines, then its ticks and the kept ones queued for delivery."""
         self._sync_pending = False
+        if self._resyncing:
+            self._finish_resync(snapshot)
+            return
         self._snapshot, self._snapshot_epoch = snapshot.entries, snapshot.epoch
         self._snapshot_seq_by_symbol = {
             symbol: entry["seq"] for symbol, entry in snapshot.entries.items()
@@ -1262,8 +1297,9 @@ class _SubscriberCore:
         # The marker came from the publisher: it is alive now.
         self._last_message_at = time.monotonic()
         snapshot_ticks, restart = snapshot.apply(self.tracker)
+        self.stats.syncs += 1
         if restart is not None:
-            self._restarted(restart)
+            self._restarted(restart, resync=False)  # this snapshot is the new epoch's
         self.stats.snapshot_ticks += len(snapshot_ticks)
         frames, self._sync_frames = self._sync_frames, []
         accept = self._accept
@@ -1277,6 +1313,39 @@ class _SubscriberCore:
         else:
             self._backlog.extend(snapshot_ticks)
             self._backlog.extend(kept_ticks)
+            self._take_ready = self._take_backlog
+
+    def _finish_resync(self, snapshot: SyncSnapshot) -> None:
+        """After a restart: the ticks read meanwhile are live ones of the new epoch and go out
+        first; then the snapshot's tick of each symbol not seen in the new epoch yet, checked
+        like a live one (so the ticks before it in the epoch count as missed)."""
+        self._resyncing = False
+        self.stats.syncs += 1
+        self._last_message_at = time.monotonic()
+        frames, self._sync_frames = self._sync_frames, []
+        ticks = [tick for tick in map(self._accept, frames) if tick is not None]
+        tracker = self.tracker
+        if snapshot.epoch == tracker.epoch:
+            self._snapshot_epoch = snapshot.epoch
+            self._snapshot_seq_by_symbol = {}
+            for symbol, entry in snapshot.entries.items():
+                tick = entry["tick"]
+                if tick is None or tracker.last_seq(symbol) is not None:
+                    continue
+                self._snapshot_seq_by_symbol[symbol] = entry["seq"]
+                event = tracker.observe(tick)
+                if event is None or self._report(event):
+                    self.stats.snapshot_ticks += 1
+                    ticks.append(tick)
+        # Another restart since the request: its own re-sync follows.
+        if self._closed:
+            return
+        if self._conflator is not None:
+            for tick in ticks:
+                self._conflator.offer(tick)
+            self.stats.conflated = self._conflator.conflated
+        else:
+            self._backlog.extend(ticks)
             self._take_ready = self._take_backlog
 
     def _open_sync_req(self) -> None:

@@ -69,10 +69,28 @@ def test_epoch_change_is_a_restart_and_resets_every_baseline() -> None:
     new_epoch = EPOCH + 1
     assert tracker.observe(make_tick("AAPL", 1, new_epoch)) == Restart(EPOCH, new_epoch)
     assert tracker.epoch == new_epoch
-    # MSFT's old seq 9 is forgotten: its first tick of the new epoch is a baseline, not a gap.
+    # MSFT's old seq 9 is forgotten; a new epoch starts every seq at 1, so a first tick of seq
+    # 5 means ticks 1 to 4 of the new epoch were missed.
     assert tracker.last_seq("MSFT") is None
-    assert tracker.observe(make_tick("MSFT", 5, new_epoch)) is None
+    assert tracker.observe(make_tick("MSFT", 5, new_epoch)) == Gap("MSFT", new_epoch, 1, 5, 4)
     assert tracker.observe(make_tick("AAPL", 2, new_epoch)) is None
+    assert tracker.observe(make_tick("IBM", 1, new_epoch)) is None  # a symbol new in this epoch
+
+
+def test_the_tick_that_shows_a_restart_carries_the_ticks_missed_before_it() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(make_tick("AAPL", 40))
+    restart = tracker.observe(make_tick("AAPL", 12, EPOCH + 1))
+    assert restart == Restart(EPOCH, EPOCH + 1, Gap("AAPL", EPOCH + 1, 1, 12, 11))
+    assert tracker.observe(make_tick("AAPL", 13, EPOCH + 1)) is None
+
+
+def test_only_the_first_epoch_joined_mid_stream_takes_its_first_seqs_as_baselines() -> None:
+    tracker = SequenceTracker()
+    assert tracker.observe(make_tick("AAPL", 500)) is None  # joined a running feed
+    assert tracker.observe(make_tick("MSFT", 77)) is None
+    assert tracker.observe_epoch(EPOCH + 1) == Restart(EPOCH, EPOCH + 1)  # a heartbeat first
+    assert tracker.observe(make_tick("MSFT", 3, EPOCH + 1)) == Gap("MSFT", EPOCH + 1, 1, 3, 2)
 
 
 def test_an_epoch_going_backwards_is_followed_too() -> None:
