@@ -4,6 +4,8 @@ minus one per symbol, and a client that had synced syncs again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -12,7 +14,7 @@ import orjson
 import zmq
 
 from feedsvc.client import Subscriber
-from tests.conftest import ServeProcess, free_tcp_port, serve_settings
+from tests.conftest import PROJECT_ROOT, ServeProcess, free_tcp_port, serve_settings
 
 Serve = Callable[..., ServeProcess]
 RATE = 2_000
@@ -98,3 +100,45 @@ def test_missed_ticks_at_the_start_of_a_new_epoch_are_reported_and_a_synced_clie
     for tick in new_epoch_ticks:
         first_seqs.setdefault(tick["sym"], tick["seq"])
     assert sum(seq - 1 for seq in first_seqs.values()) > 0, first_seqs
+
+
+def test_subscribe_json_summary_agrees_with_its_printed_seqs_across_a_restart(
+    serve: Serve,
+) -> None:
+    publisher = f"tcp://127.0.0.1:{free_tcp_port()}"
+    sync = f"tcp://127.0.0.1:{free_tcp_port()}"
+    settings = [
+        *serve_settings([publisher]),
+        f"sync.endpoint={sync}",
+        f"synthetic.rate={RATE}",
+        f"synthetic.symbols={SYMBOLS}",
+    ]
+    first = serve(*settings)
+    subscribe = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "feedsvc.cli", "subscribe", "--json"),
+            *("--endpoint", publisher, "--sync", sync, "--duration", "6"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        time.sleep(2.0)
+        assert first.terminate() == 0
+        second = serve(*settings)
+        stdout, stderr = subscribe.communicate(timeout=30)
+        assert second.terminate() == 0
+    finally:
+        if subscribe.poll() is None:
+            subscribe.kill()
+            subscribe.wait()
+    assert subscribe.returncode == 0, stderr.decode()
+    ticks = [orjson.loads(line) for line in stdout.splitlines()]
+    summary = orjson.loads(stderr.strip().splitlines()[-1])
+    assert len({tick["epoch"] for tick in ticks}) == 2, "the restart did not happen in the window"
+    assert summary["restarts"] == 1 and summary["syncs"] == 2
+    expected = _missed_in_printed_seqs(ticks)
+    assert summary["missed_by_symbol"] == expected
+    assert summary["missed"] == sum(expected.values())
+    assert summary["delivered"] == len(ticks)
