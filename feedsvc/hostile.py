@@ -1456,6 +1456,11 @@ class Victim:
         """Whether a tick arrived within `timeout_s`."""
         return self.first_tick.wait(timeout_s)
 
+    @property
+    def received(self) -> int:
+        """Ticks received in the current window so far (read while the thread runs)."""
+        return self._window.received
+
     def mark(self) -> None:
         """Start a new window now (the thread drops what it counted before)."""
         self._mark_at = time.monotonic()

@@ -9,11 +9,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import orjson
 import pytest
 import zmq
 
+from feedsvc import hostile
 from tests.conftest import (
     ServeProcess,
     free_tcp_port,
@@ -57,39 +59,25 @@ class Feed:
 
 
 class Victim:
-    """A plain SUB on the synthetic symbols that checks per-symbol contiguity as it reads."""
+    """feedsvc.hostile's victim SUB (per-symbol seq checks in its own thread), read in phases."""
 
-    def __init__(self, context: zmq.Context, feed: Feed) -> None:
-        self.socket = context.socket(zmq.SUB)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)  # the test must not drop: it checks contiguity
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"SYN")
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"_hb ")
-        self.socket.connect(feed.publisher)
-        wait_for_first_message(self.socket, feed.process)
-        self.last_seq: dict[str, int] = {}
-        self.gaps: list[tuple[str, int, int]] = []
-        self.received = 0
+    def __init__(self, feed: Feed) -> None:
+        self._victim = hostile.Victim(feed.publisher)
+        self._victim.start()
+        if not self._victim.wait_receiving(20):
+            self._victim.stop()
+            pytest.fail(f"the victim received nothing:\n{feed.process.log}")
+        self._victim.mark()
 
     def read(self, seconds: float) -> int:
-        """Ticks received within `seconds`, checking each symbol's seq."""
-        received = 0
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not self.socket.poll(50):
-                continue
-            topic, _, payload = self.socket.recv().partition(b" ")
-            if topic.startswith(b"_"):
-                continue
-            tick = orjson.loads(payload)
-            symbol, seq = tick["sym"], tick["seq"]
-            previous = self.last_seq.get(symbol)
-            if previous is not None and seq != previous + 1:
-                self.gaps.append((symbol, previous, seq))
-            self.last_seq[symbol] = seq
-            received += 1
-        self.received += received
-        return received
+        """Ticks received within the next `seconds`."""
+        before = self._victim.received
+        time.sleep(seconds)
+        return self._victim.received - before
+
+    def finish(self) -> dict[str, Any]:
+        """The whole window's report (gaps, missed, per-second counts)."""
+        return self._victim.stop()
 
 
 @pytest.fixture
@@ -119,7 +107,7 @@ def test_the_two_messages_that_stopped_the_service_are_refused_and_the_feed_goes
     serve: Serve, context: zmq.Context
 ) -> None:
     feed = Feed(serve)
-    victim = Victim(context, feed)
+    victim = Victim(feed)
     victim.read(0.5)
     # 400 numbers, then a valid-looking tick whose pass-through field nests 300 deep: the nesting
     # check once skipped such a frame and orjson could not encode the tick in the hot path.
@@ -150,7 +138,7 @@ def test_the_two_messages_that_stopped_the_service_are_refused_and_the_feed_goes
     assert reply["ok"] is False and reply["error"] == "bad_symbol"
     assert len(reply["detail"]) < 200
     assert feed.process.popen.poll() is None, feed.process.log
-    assert victim.gaps == []
+    assert victim.finish()["missed"] == 0
     wait_for(
         lambda: (
             feed.samples().get('feedsvc_ticks_rejected_total{reason="bad_optional_field"}') == 1
@@ -175,7 +163,7 @@ def test_a_connection_beyond_its_subscription_bound_is_closed_and_counted(
         "publisher.max_subscriptions_per_connection=50",
         "publisher.max_subscriptions=200",
     )
-    victim = Victim(context, feed)
+    victim = Victim(feed)
     with _socket(context, zmq.SUB, feed.publisher) as greedy:
         for index in range(80):
             greedy.setsockopt(zmq.SUBSCRIBE, f"P{index:04d}".encode())
@@ -201,7 +189,7 @@ def test_a_connection_beyond_its_subscription_bound_is_closed_and_counted(
     with _socket(context, zmq.SUB, feed.publisher) as modest:
         modest.setsockopt(zmq.SUBSCRIBE, b"SYN0001 ")
         assert modest.poll(5_000) and modest.recv().startswith(b"SYN0001 ")
-    assert victim.gaps == []
+    assert victim.finish()["missed"] == 0
     assert feed.samples()["feedsvc_subscriptions"] <= 200
 
 
@@ -209,7 +197,7 @@ def test_connections_beyond_the_cap_are_closed_as_they_arrive(
     serve: Serve, context: zmq.Context
 ) -> None:
     feed = Feed(serve, "publisher.max_connections=4")
-    victim = Victim(context, feed)
+    victim = Victim(feed)
     host, port = feed.publisher.removeprefix("tcp://").split(":")
     raw = [socket.create_connection((host, int(port)), timeout=5) for _ in range(10)]
     try:
@@ -239,7 +227,7 @@ def test_connections_beyond_the_cap_are_closed_as_they_arrive(
     with _socket(context, zmq.SUB, feed.publisher) as late:
         late.setsockopt(zmq.SUBSCRIBE, b"SYN")
         assert late.poll(5_000)
-    assert victim.gaps == []
+    assert victim.finish()["missed"] == 0
     assert feed.health()["fds"]["open"] > 0  # type: ignore[index]
 
 
@@ -282,7 +270,7 @@ def test_snapshot_replies_held_by_clients_that_never_read_are_bounded(
     serve: Serve, context: zmq.Context
 ) -> None:
     feed = Feed(serve, "sync.max_inflight_bytes=3145728", "sync.max_snapshot_bytes=4194304")
-    victim = Victim(context, feed)
+    victim = Victim(feed)
     # 200 symbols of 8 KB each: every full snapshot is about 1.6 MB.
     padding = "x" * 8_000
     with _socket(context, zmq.PUSH, feed.ingest, linger_ms=5_000) as push:
@@ -321,5 +309,5 @@ def test_snapshot_replies_held_by_clients_that_never_read_are_bounded(
             return orjson.loads(req.recv())["ok"] is True
 
         wait_for(served, 15, "a snapshot served after the hoarders left")
-    assert victim.gaps == []
+    assert victim.finish()["missed"] == 0
     assert feed.process.popen.poll() is None
