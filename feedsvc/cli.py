@@ -1,23 +1,30 @@
-"""The `feedsvc` command: parses arguments and calls the modules that do the work."""
+"""The `feedsvc` command: parses arguments and calls the modules that do the work.
+
+Each subcommand's module is imported only when that subcommand runs: `feedsvc serve` must not
+load librdkafka (only its mirror process needs it), rich or the load-test harness.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Final, NamedTuple
 
-from feedsvc import console, loadtest, replay
 from feedsvc.config import ConfigError, load_config
 from feedsvc.curve import create_key_pair
 from feedsvc.logs import setup_logging
-from feedsvc.service import Service, StartupError
 
 EXIT_BAD_CONFIG = 2
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from feedsvc.service import Service, StartupError
+
     try:
         config = load_config(args.config, args.set)
     except ConfigError as error:
@@ -66,12 +73,38 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="feedsvc", description="Market-data fan-out publisher over ZeroMQ."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+class _LazyCommand(NamedTuple):
+    """A subcommand whose module is imported only to run it (or to show its help)."""
 
+    help: str
+    module: str
+    add_arguments: str
+    run: str
+
+
+_LAZY_COMMANDS: Final = {
+    "subscribe": _LazyCommand(
+        "receive ticks like a trading client",
+        "feedsvc.console",
+        "add_subscribe_arguments",
+        "run_from_args",
+    ),
+    "replay": _LazyCommand(
+        "read ticks back from the Kafka mirror; --verify audits their sequence",
+        "feedsvc.replay",
+        "add_replay_arguments",
+        "run_from_args",
+    ),
+    "loadtest": _LazyCommand(
+        "run the service under synthetic load and measure it (vs raw pyzmq)",
+        "feedsvc.loadtest",
+        "add_loadtest_arguments",
+        "run_from_args",
+    ),
+}
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the publisher service")
     serve.add_argument(
         "--config",
@@ -96,16 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
-    subscribe = commands.add_parser("subscribe", help="receive ticks like a trading client")
-    console.add_subscribe_arguments(subscribe)
-    subscribe.set_defaults(handler=console.run_from_args)
 
-    replay_parser = commands.add_parser(
-        "replay", help="read ticks back from the Kafka mirror; --verify audits their sequence"
-    )
-    replay.add_replay_arguments(replay_parser)
-    replay_parser.set_defaults(handler=replay.run_from_args)
-
+def _add_keygen(commands: argparse._SubParsersAction) -> None:
     keygen = commands.add_parser(
         "keygen",
         help="write a CurveZMQ key pair: DIR/NAME.key (public) and DIR/NAME.key_secret",
@@ -114,16 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("name", metavar="NAME", help="file name without extension, e.g. server")
     keygen.set_defaults(handler=_keygen)
 
-    loadtest_parser = commands.add_parser(
-        "loadtest", help="run the service under synthetic load and measure it (vs raw pyzmq)"
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; of the lazily imported subcommands only `command`'s gets its arguments (all
+    of them when None)."""
+    parser = argparse.ArgumentParser(
+        prog="feedsvc", description="Market-data fan-out publisher over ZeroMQ."
     )
-    loadtest.add_loadtest_arguments(loadtest_parser)
-    loadtest_parser.set_defaults(handler=loadtest.run_from_args)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    for name, lazy in _LAZY_COMMANDS.items():
+        sub = commands.add_parser(name, help=lazy.help)
+        if command is None or command == name:
+            module = importlib.import_module(lazy.module)
+            add_arguments: Callable[[argparse.ArgumentParser], None] = getattr(
+                module, lazy.add_arguments
+            )
+            add_arguments(sub)
+            sub.set_defaults(handler=getattr(module, lazy.run))
+    _add_keygen(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    # The subcommand is the first word that is not an option: only its module is imported.
+    command = next((word for word in arguments if not word.startswith("-")), "")
+    args = build_parser(command).parse_args(arguments)
     return args.handler(args)
 
 
