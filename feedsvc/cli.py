@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NamedTuple
 
+import orjson
+
 from feedsvc.config import ConfigError, load_config
 from feedsvc.curve import create_key_pair
 from feedsvc.logs import setup_logging
@@ -49,7 +51,18 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload_keys)
     service.run()
+    if args.summary_file is not None:
+        _write_atomically(
+            args.summary_file, orjson.dumps(service.summary(), option=orjson.OPT_INDENT_2)
+        )
     return 0
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a reader never sees half a summary."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data + b"\n")
+    partial.replace(path)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -126,6 +139,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="hold ticks until N clients completed the sync handshake (each then gets seq 1 "
         "of every symbol it subscribed to)",
+    )
+    serve.add_argument(
+        "--summary-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="at exit, write what the run did as JSON (published, ingested by source, rejected "
+        "by reason, mirror counts ...) to PATH",
     )
     serve.set_defaults(handler=_serve)
 

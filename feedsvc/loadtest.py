@@ -47,7 +47,6 @@ import argparse
 import json
 import math
 import os
-import re
 import select
 import shutil
 import signal
@@ -100,8 +99,6 @@ MIRROR_METRICS: Final = {
     "mirror_queue_ticks": "feedsvc_mirror_queue_ticks",
     "mirror_delivered_total": "feedsvc_mirror_delivered_total",
 }
-_STOPPED = re.compile(r"stopped: published (\d+) ticks")
-_MIRROR = re.compile(r"mirror: (\d+) of (\d+) published ticks acknowledged by Kafka")
 
 
 class LoadtestError(RuntimeError):
@@ -373,7 +370,9 @@ def run_raw_publisher(args: argparse.Namespace) -> int:
     finally:
         socket.close(linger=0)
         context.term()
-    print(f"stopped: published {sent} ticks", file=sys.stderr, flush=True)
+    # The same place and shape as `feedsvc serve --summary-file`, for the figures compared.
+    summary = {"published": sent, "mirror": {"enabled": False}}
+    args.summary_file.write_text(json.dumps(summary))
     return 0
 
 
@@ -450,7 +449,9 @@ def burst_schedule(args: argparse.Namespace) -> BurstSchedule | None:
     return BurstSchedule(args.rate * args.burst_factor, args.burst_every, args.burst_duration)
 
 
-def _serve_command(args: argparse.Namespace, endpoint: str, metrics_port: int) -> list[str]:
+def _serve_command(
+    args: argparse.Namespace, endpoint: str, metrics_port: int, summary_path: Path
+) -> list[str]:
     settings = [
         f"publisher.endpoints=[{endpoint}]",
         "ingest.endpoint=",
@@ -482,7 +483,7 @@ def _serve_command(args: argparse.Namespace, endpoint: str, metrics_port: int) -
         ]
     else:
         settings.append("kafka.enabled=false")
-    command = [sys.executable, "-m", "feedsvc.cli", "serve"]
+    command = [sys.executable, "-m", "feedsvc.cli", "serve", "--summary-file", str(summary_path)]
     for setting in settings:
         command += ["--set", setting]
     return command
@@ -640,13 +641,17 @@ def measure(
     label = label or kind
     endpoint = _endpoint(args.transport, workdir, f"{kind}-ticks")
     log_path = workdir / f"{kind}-publisher.log"
+    summary_path = workdir / f"{kind}-publisher-summary.json"
     # The mirror's lag is only visible through the service's metrics endpoint.
     metrics_port = _free_tcp_port() if kind == "feedsvc" and args.mirror else 0
     if kind == "feedsvc":
-        publisher_command = _serve_command(args, endpoint, metrics_port)
+        publisher_command = _serve_command(args, endpoint, metrics_port, summary_path)
         subscriber_role = "feedsvc-subscriber"
     else:
-        publisher_command = _role_command(args, "raw-publisher", endpoint, False)
+        publisher_command = [
+            *_role_command(args, "raw-publisher", endpoint, False),
+            f"--summary-file={summary_path}",
+        ]
         subscriber_role = "raw-subscriber"
     bursts = burst_schedule(args)
     # No proxy: the environment's http_proxy must not catch a loopback scrape.
@@ -717,12 +722,15 @@ def measure(
             results.append(result)
         _stop(publisher, STOP_TIMEOUT_S)
         publisher_exit = publisher.returncode
-    log_text = log_path.read_text(errors="replace")
+    try:
+        publisher_summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        publisher_summary = None  # it did not get to write one: reported as unknown
     return summarize(
         kind,
         results,
         samples,
-        log_text,
+        publisher_summary,
         publisher_exit,
         cpu_before,
         cpu_after,
@@ -812,14 +820,15 @@ def summarize(
     kind: str,
     results: list[dict[str, Any]],
     samples: list[dict[str, Any]],
-    log_text: str,
+    publisher_summary: dict[str, Any] | None,
     publisher_exit: int | None,
     cpu_before: float | None,
     cpu_after: float | None,
     window_s: float,
     window: MeasuredWindow,
 ) -> dict[str, Any]:
-    """One report section from the subscribers' results and the publisher's samples and log."""
+    """One report section from the subscribers' results and the publisher's samples and summary
+    (its --summary-file; None if it wrote none)."""
     # Per symbol the newest seq any subscriber of this run saw: how far behind each one stopped.
     newest_seq: dict[str, int] = {}
     for result in results:
@@ -846,8 +855,7 @@ def summarize(
         entry for entry, _ in subscribers
     ]
     rates = [entry["publish_rate"] for entry in readers if entry["publish_rate"]]
-    stopped = _STOPPED.search(log_text)
-    mirror = _MIRROR.search(log_text)
+    mirror = (publisher_summary or {}).get("mirror") or {}
     cpu_values = [s["cpu_cores"] for s in samples if s["cpu_cores"] is not None]
     rss_values = [s["rss_bytes"] for s in samples if s["rss_bytes"] is not None]
     # The section's latency is the fast subscribers' (all of them if every one is slow).
@@ -860,7 +868,7 @@ def summarize(
             [dump for by_second in fast for dump in by_second.values()]
         ),
         "subscribers": [entry for entry, _ in subscribers],
-        "published_total": int(stopped.group(1)) if stopped else None,
+        "published_total": publisher_summary["published"] if publisher_summary else None,
         "publisher_exit_code": publisher_exit,
         "publisher": {
             "cpu_cores_mean": (cpu_after - cpu_before) / window_s
@@ -877,11 +885,11 @@ def summarize(
         section["bursts"] = burst_figures(fast, window)
     if kind == "feedsvc":
         section["mirror"] = None
-        if mirror:
+        if mirror.get("enabled"):
             lags = [s["mirror_lag_s"] for s in samples if s.get("mirror_lag_s") is not None]
             section["mirror"] = {
-                "acknowledged": int(mirror.group(1)),
-                "published": int(mirror.group(2)),
+                "acknowledged": mirror["delivered"],
+                "published": publisher_summary["published"],  # type: ignore[index]
                 "lag_s_max": max(lags) if lags else None,
             }
     return section
@@ -1351,6 +1359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-every", type=float, default=60.0)
     parser.add_argument("--burst-duration", type=float, default=5.0)
     parser.add_argument("--curve-dir", type=Path, default=None)
+    parser.add_argument("--summary-file", type=Path, default=None)
     args = parser.parse_args(argv)
     return ROLES[args.role](args)
 

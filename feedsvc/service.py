@@ -783,6 +783,39 @@ class Service:
         while time.monotonic() < deadline and self._pull.poll(INGEST_QUIET_AT_SHUTDOWN_MS):
             self._drain_ingest(deadline - time.monotonic(), INGEST_BYTES_AT_SHUTDOWN)
 
+    def summary(self) -> dict[str, object]:
+        """What this run did, as data (`feedsvc serve --summary-file`): read it instead of the
+        log, whose wording is for people."""
+        publisher, sync = self.publisher, self.sync
+        stats = self.mirror.stats if self.mirror is not None else None
+        mirror: dict[str, object] = {"enabled": stats is not None}
+        if stats is not None:
+            mirror.update(
+                handed_off=stats.handed_off,
+                produced=stats.produced,
+                delivered=stats.delivered,
+                failed=stats.failed,
+                dropped=stats.dropped,
+                unacknowledged=stats.queued,
+                undelivered=stats.undelivered,
+            )
+        return {
+            "epoch": self.epoch,
+            "published": publisher.published if publisher else 0,
+            "published_bytes": publisher.published_bytes if publisher else 0,
+            "heartbeats_sent": self.heartbeats_sent,
+            "ingested_by_source": dict(self.ingested_by_source),
+            "rejected_by_reason": self.rejected_by_reason,
+            "sync": {
+                "snapshots_served": sync.snapshots_served if sync else 0,
+                "handshakes_completed": sync.completed_handshakes if sync else 0,
+                "rejected_by_reason": dict(sync.rejected_by_reason) if sync else {},
+            },
+            "connections_refused": self._refusal_counts(),
+            "internal_errors": dict(self.guard.errors_by_where),
+            "mirror": mirror,
+        }
+
     def _close_mirror(self) -> None:
         stats = self.mirror.close(self.config.kafka.flush_timeout_s)
         published = self.publisher.published if self.publisher else 0

@@ -447,6 +447,7 @@ def measure(
     """
     endpoint = f"ipc://{workdir}/{kind}-{run_index}"
     log_path = run_log_path(kind, run_index, workdir)
+    summary_path = log_path.with_suffix(".summary.json")
     subscriber_command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -462,8 +463,11 @@ def measure(
     started: list[subprocess.Popen[bytes]] = []
     with log_path.open("wb") as log:
         try:
+            command = publisher_command(kind, endpoint, options, extra_settings)
+            if kind == "feedsvc":
+                command[4:4] = ["--summary-file", str(summary_path)]  # after "serve"
             publisher = subprocess.Popen(
-                publisher_command(kind, endpoint, options, extra_settings),
+                command,
                 stdout=subprocess.PIPE if kind == "baseline" else subprocess.DEVNULL,
                 stderr=log,
             )
@@ -523,8 +527,11 @@ def measure(
     result["load_average_1m_before"] = load_before
     if kind == "feedsvc":
         result["serve_exit_code"] = publisher.returncode
-        stopped = re.search(r"stopped: published (\d+) ticks", log_path.read_text(errors="replace"))
-        result["serve_published_total"] = int(stopped.group(1)) if stopped else None
+        try:
+            published = json.loads(summary_path.read_text())["published"]
+        except (OSError, ValueError, KeyError):
+            published = None  # serve did not get to write its summary
+        result["serve_published_total"] = published
     return result
 
 

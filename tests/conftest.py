@@ -15,8 +15,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import hypothesis
+import orjson
 import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
@@ -62,9 +64,14 @@ class ServeProcess:
 
     def __init__(self, args: list[str], log_path: Path) -> None:
         self.log_path = log_path
+        self.summary_path = log_path.with_suffix(".summary.json")
         self._log_file = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "feedsvc.cli", "serve", *args],
+            [
+                *(sys.executable, "-m", "feedsvc.cli", "serve"),
+                *("--summary-file", str(self.summary_path)),
+                *args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
         )
@@ -72,6 +79,11 @@ class ServeProcess:
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def summary(self) -> dict[str, Any]:
+        """What the stopped service reported it did (--summary-file), as data."""
+        assert self.summary_path.exists(), f"serve wrote no summary; its log:\n{self.log}"
+        return orjson.loads(self.summary_path.read_bytes())
 
     def terminate(self, timeout_s: float = 15.0) -> int:
         """SIGTERM, then wait for the exit code (killed after timeout_s)."""
