@@ -190,6 +190,10 @@ class Service:
         self._loop_alive_at: float | None = None
         self._recent_publish_rate = 0.0
         self._stop_requested = False
+        # When the stop was asked for, and when the mirror had finished flushing (the summary's
+        # mirror.flush_s).
+        self._stop_requested_at: float | None = None
+        self._mirror_closed_at: float | None = None
         self._reload_keys_requested = False
         self._context = zmq.Context(io_threads=config.publisher.io_threads)
         self.authenticator: PeerAuthenticator | None = None
@@ -415,6 +419,8 @@ class Service:
 
     def request_stop(self) -> None:
         """Ask `run()` to finish; safe from a signal handler or another thread."""
+        if not self._stop_requested:
+            self._stop_requested_at = time.monotonic()
         self._stop_requested = True
 
     def request_key_reload(self) -> None:
@@ -798,6 +804,10 @@ class Service:
                 dropped=stats.dropped,
                 unacknowledged=stats.queued,
                 undelivered=stats.undelivered,
+                # Stop request to the end of the final hand-off and Kafka flush.
+                flush_s=None
+                if self._mirror_closed_at is None or self._stop_requested_at is None
+                else round(self._mirror_closed_at - self._stop_requested_at, 3),
             )
         return {
             "epoch": self.epoch,
@@ -818,6 +828,7 @@ class Service:
 
     def _close_mirror(self) -> None:
         stats = self.mirror.close(self.config.kafka.flush_timeout_s)
+        self._mirror_closed_at = time.monotonic()
         published = self.publisher.published if self.publisher else 0
         summary = f"mirror: {stats.delivered} of {published} published ticks acknowledged by Kafka"
         if stats.undelivered:

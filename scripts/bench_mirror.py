@@ -13,8 +13,8 @@ Part A, rate: the mirror must not slow the hot path much.
     the script also reports how far the mirror kept up: the ticks Kafka acknowledged during the
     window (sum of the topic's high watermarks, asked every second; with acks=all on one broker a
     high watermark counts acknowledged records), and at the end the service's own count from its
-    shutdown line ``mirror: N of M published ticks acknowledged by Kafka`` with the time the final
-    flush took. The same is then measured at a paced 50,000 ticks/s, where the mirror must keep up
+    --summary-file (mirror.delivered of published) with the time the final flush took. The same
+    is then measured at a paced 50,000 ticks/s, where the mirror must keep up
     (acknowledged == published, a short final flush) with a lag under 1 s: every half second the
     service's own published count (its /metrics) is set against Kafka's high watermarks, and
     lag = (published - acknowledged) / rate.
@@ -23,7 +23,7 @@ Part B, outage: Kafka may go away without losing ticks or stalling the publisher
     ``--outage`` seconds (default 60) and started again (its data is kept). The subscriber's
     received rate shows whether the publisher went on; the high watermarks show the backlog
     (published - acknowledged) and how long it took to drain. Then the service gets SIGTERM
-    with a generous flush timeout, and the audit is checked twice: the shutdown line must say
+    with a generous flush timeout, and the audit is checked twice: the service's summary must say
     every published tick was acknowledged, and ``feedsvc replay --verify`` must read back exactly
     that many ticks with no gap and no duplicate.
 
@@ -59,7 +59,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -79,6 +78,7 @@ from bench_publish import (
     run_log_path,
 )
 from confluent_kafka import KafkaException, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from feedsvc.replay import make_consumer
 
@@ -110,19 +110,9 @@ CPU_SAMPLE_INTERVAL_S = 0.5
 REPLAY_TIMEOUT_S = 900.0
 # Beyond kafka.flush_timeout_s, how long the service may take to exit after SIGTERM.
 EXIT_MARGIN_S = 60.0
-PUBLISHED_METRIC = re.compile(r"^feedsvc_ticks_published_total (\S+)$", re.MULTILINE)
-LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
-SIGTERM_LINE = re.compile(r"^(\S+ \S+) INFO feedsvc: received SIGTERM, stopping$", re.MULTILINE)
-MIRROR_LINE = re.compile(
-    r"^(\S+ \S+) \w+ feedsvc\.service: mirror: (\d+) of (\d+) published ticks acknowledged by "
-    r"Kafka(.*)$",
-    re.MULTILINE,
-)
-# The service's log lines worth keeping (not the periodic rate lines).
+# The service's log lines shown in the report for people (not the periodic rate lines); the
+# figures come from its --summary-file and /metrics.
 SERVICE_EVENT = re.compile(r" (WARNING|ERROR) |Kafka|mirror|stopping")
-UNDELIVERED_DETAIL = re.compile(
-    r"(\d+) NOT delivered \((\d+) dropped at the hand-off, (\d+) failed, (\d+) unacknowledged"
-)
 
 
 def progress(text: str) -> None:
@@ -355,9 +345,17 @@ class PublishedPoller:
                     text = response.read().decode()
             except OSError:
                 continue  # not up yet, or stopping
-            found = PUBLISHED_METRIC.search(text)
-            if found is not None:
-                self.samples.append(((asked_at + time.monotonic()) / 2, int(float(found[1]))))
+            published = next(
+                (
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.name == "feedsvc_ticks_published_total"
+                ),
+                None,
+            )
+            if published is not None:
+                self.samples.append(((asked_at + time.monotonic()) / 2, int(published)))
 
 
 def mirror_lags_s(
@@ -386,38 +384,31 @@ def rate_between(samples: list[tuple[float, int]], start: float, end: float) -> 
     return (_count_at(samples, end) - _count_at(samples, start)) / (end - start)
 
 
-def _log_time(text: str) -> float:
-    return datetime.strptime(text, LOG_TIME_FORMAT).timestamp()
-
-
-def parse_mirror_shutdown(log_text: str) -> dict[str, Any]:
-    """The service's shutdown accounting: acked of published, what was not delivered and why,
-    and the seconds from SIGTERM to that line (the final hand-off and Kafka flush)."""
-    found = MIRROR_LINE.search(log_text)
-    if found is None:
+def parse_mirror_shutdown(summary_path: Path) -> dict[str, Any]:
+    """The service's shutdown accounting from its --summary-file: acked of published, what was
+    not delivered and why, and the seconds from SIGTERM to the end of the final hand-off and
+    Kafka flush."""
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
         return {"mirror_line": None}
-    acked, published = int(found.group(2)), int(found.group(3))
+    mirror = summary["mirror"]
+    if not mirror.get("enabled"):
+        return {"mirror_line": None}
+    published = summary["published"]
     figures: dict[str, Any] = {
-        "mirror_line": found.group(0).split(": ", 1)[1],
-        "acked": acked,
+        "acked": mirror["delivered"],
         "published": published,
-        "undelivered": 0,
-        "dropped_at_handoff": 0,
-        "failed": 0,
-        "unacknowledged_at_flush_timeout": 0,
-        "flush_s": None,
+        "undelivered": mirror["undelivered"],
+        "dropped_at_handoff": mirror["dropped"],
+        "failed": mirror["failed"],
+        "unacknowledged_at_flush_timeout": mirror["unacknowledged"],
+        "flush_s": mirror["flush_s"],
     }
-    detail = UNDELIVERED_DETAIL.search(found.group(4))
-    if detail is not None:
-        figures.update(
-            undelivered=int(detail.group(1)),
-            dropped_at_handoff=int(detail.group(2)),
-            failed=int(detail.group(3)),
-            unacknowledged_at_flush_timeout=int(detail.group(4)),
-        )
-    stopping = SIGTERM_LINE.search(log_text)
-    if stopping is not None:
-        figures["flush_s"] = _log_time(found.group(1)) - _log_time(stopping.group(1))
+    figures["mirror_line"] = (
+        f"{figures['acked']} of {published} published ticks acknowledged by Kafka"
+        + (f", {figures['undelivered']} not delivered" if figures["undelivered"] else "")
+    )
     return figures
 
 
@@ -508,8 +499,8 @@ def measure_run(
             result["lag_s_samples"] = lags
             result["lag_s_median"] = statistics.median(lags) if lags else None
             result["lag_s_max"] = max(lags) if lags else None
-        log_text = run_log_path("feedsvc", plan.run_index, workdir).read_text(errors="replace")
-        result.update(parse_mirror_shutdown(log_text))
+        summary_path = run_log_path("feedsvc", plan.run_index, workdir).with_suffix(".summary.json")
+        result.update(parse_mirror_shutdown(summary_path))
         acked, published = result.get("acked"), result.get("published")
         result["acked_fraction"] = acked / published if acked is not None and published else None
     return result
@@ -799,8 +790,9 @@ def run_outage_part(
         raise BenchError(f"outage run: {controller.error}")
     if "answering" not in controller.times:
         raise BenchError("outage run: the broker was not started again within the window")
-    log_text = run_log_path("feedsvc", 1_000, workdir).read_text(errors="replace")
-    shutdown = parse_mirror_shutdown(log_text)
+    log_path = run_log_path("feedsvc", 1_000, workdir)
+    log_text = log_path.read_text(errors="replace")
+    shutdown = parse_mirror_shutdown(log_path.with_suffix(".summary.json"))
     log_events = [line for line in log_text.splitlines() if SERVICE_EVENT.search(line)]
     progress(f"outage run: shutdown line: {shutdown.get('mirror_line')}")
     progress("outage run: feedsvc replay --verify over the topic")
@@ -982,9 +974,9 @@ def report_rate(options: argparse.Namespace, runs: list[dict[str, Any]]) -> dict
         "received/s: ticks the subscriber got; dropped: (published - received) / published",
         "acked/s: growth of the topic's high watermarks over the window (Kafka acknowledged); "
         "peak ack/s: the highest 1 s growth in the run, the final flush included",
-        "acked/pub: at the end, the service's own count 'mirror: N of M published ticks "
-        "acknowledged'",
-        "flush s: SIGTERM to that line (final hand-off + Kafka flush)",
+        "acked/pub: at the end, the service's own count (--summary-file: mirror.delivered of "
+        "published)",
+        "flush s: SIGTERM to the end of the final hand-off and Kafka flush (mirror.flush_s)",
         "CPU (cores, over the window): serve process (hot path + libzmq thread), its mirror "
         "child, the broker JVM, the subscriber, all other processes, hypervisor steal",
     )
