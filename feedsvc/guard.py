@@ -16,8 +16,9 @@ from typing import Final
 
 from feedsvc.ingest import IngestDecoder
 from feedsvc.logs import RateLimiter
+from feedsvc.protocol.sync import ERROR_INTERNAL
 from feedsvc.publisher import Publisher
-from feedsvc.sync import ERROR_INTERNAL, SyncHandler, SyncReply
+from feedsvc.sync import SyncHandler, SyncReply
 from feedsvc.ticks import REJECT_INTERNAL_ERROR
 
 log = logging.getLogger("feedsvc.guard")

@@ -41,10 +41,9 @@ from feedsvc.ingest import BurstSchedule, IngestDecoder, RatePacer, SyntheticFee
 from feedsvc.logs import RateLimiter
 from feedsvc.metrics import LOOP_STALL_S, MetricsServer, health_body
 from feedsvc.mirror import MirrorHandoff
+from feedsvc.protocol.events import HANDSHAKE_FAILURES, HANDSHAKE_REJECT_REASONS
 from feedsvc.publisher import Publisher
 from feedsvc.sockets import (
-    HANDSHAKE_FAILURES,
-    HANDSHAKE_REJECT_REASONS,
     HANDSHAKE_TIMEOUT_MS,
     HARD_LIMIT_FACTOR,
     MAX_SUBSCRIPTION_PREFIX_BYTES,

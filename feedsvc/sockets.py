@@ -12,32 +12,13 @@ import zmq
 
 from feedsvc.access import zap_domain
 from feedsvc.curve import CurveServer, is_tcp
-from feedsvc.sync import MAX_MARKER_LENGTH, marker_topic
+from feedsvc.protocol.events import HANDSHAKE_FAILURES
+from feedsvc.protocol.sync import MAX_MARKER_LENGTH, marker_topic
 from feedsvc.ticks import MAX_SYMBOL_LENGTH, topic_prefix
 
 # The sockets whose connections are watched, as named in logs, metric labels and ZAP domains.
 SOCKET_NAMES: Final = ("publisher", "ingest", "sync")
-MONITORED_EVENTS: Final = (
-    zmq.EVENT_ACCEPTED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-HANDSHAKE_FAILURES: Final = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-# Label values of rejected handshakes: a key not on curve.authorized_keys or an address outside
-# allowed_networks (ZAP said no); no Curve, the wrong server key or not ZMTP at all; anything
-# libzmq does not detail (a peer that sees the mismatch too and hangs up first lands here: which
-# side notices first is a race).
-HANDSHAKE_REJECT_REASONS: Final = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "other",
-}
+MONITORED_EVENTS: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES
 # A connection that has not completed its ZMTP handshake by then is dropped (ZMQ_HANDSHAKE_IVL;
 # libzmq's default is 30 s): raw TCP connects that never speak cannot hold descriptors for long.
 HANDSHAKE_TIMEOUT_MS: Final = 5_000

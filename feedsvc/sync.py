@@ -11,45 +11,27 @@ marker frame to publish, so it is fuzzed directly. The service owns the REP sock
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple
 
 import orjson
 
-from feedsvc.ticks import encode_frame, symbol_problem
-
-MARKER_TOPIC_PREFIX: Final = "_sync."
-MAX_MARKER_LENGTH: Final = 64
-MARKER_PATTERN: Final = re.compile(rf"[0-9A-Za-z_-]{{1,{MAX_MARKER_LENGTH}}}")
-CLIENT_PATTERN: Final = MARKER_PATTERN
-
-ERROR_NOT_JSON: Final = "not_json"
-ERROR_BAD_REQUEST: Final = "bad_request"
-ERROR_BAD_SYMBOL: Final = "bad_symbol"
-ERROR_TOO_MANY_SYMBOLS: Final = "too_many_symbols"
-ERROR_TOO_LARGE: Final = "too_large"
-ERROR_SNAPSHOT_TOO_LARGE: Final = "snapshot_too_large"
-# Snapshot replies to other clients that have not left yet hold sync.max_inflight_bytes: try again
-# after a backoff (the client library does).
-ERROR_BUSY: Final = "busy"
-# A ready for a (client, marker) this service served no snapshot to: not a completed handshake.
-ERROR_UNKNOWN_MARKER: Final = "unknown_marker"
-# Handling the request raised (a bug, counted in feedsvc_internal_errors_total{where="sync"}).
-ERROR_INTERNAL: Final = "internal_error"
-# Errors a client should retry after a backoff; the others need a different request.
-RETRYABLE_ERRORS: Final = (ERROR_BUSY, ERROR_INTERNAL)
-ERRORS: Final = (
-    ERROR_NOT_JSON,
+from feedsvc.protocol.sync import (
+    CLIENT_PATTERN,
     ERROR_BAD_REQUEST,
     ERROR_BAD_SYMBOL,
-    ERROR_TOO_MANY_SYMBOLS,
-    ERROR_TOO_LARGE,
-    ERROR_SNAPSHOT_TOO_LARGE,
     ERROR_BUSY,
+    ERROR_NOT_JSON,
+    ERROR_SNAPSHOT_TOO_LARGE,
+    ERROR_TOO_LARGE,
+    ERROR_TOO_MANY_SYMBOLS,
     ERROR_UNKNOWN_MARKER,
-    ERROR_INTERNAL,
+    ERRORS,
+    MARKER_PATTERN,
+    marker_topic,
 )
+from feedsvc.ticks import encode_frame, symbol_problem
+
 DEFAULT_MAX_SNAPSHOT_BYTES: Final = 64 * 1024 * 1024
 # Reply bytes per symbol besides its payload: the symbol key, "seq", "tick" and punctuation.
 _SNAPSHOT_BYTES_PER_SYMBOL: Final = 112
@@ -87,10 +69,6 @@ class _BadRequest(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-
-
-def marker_topic(marker: str) -> str:
-    return MARKER_TOPIC_PREFIX + marker
 
 
 class SyncHandler:

@@ -31,9 +31,10 @@ from feedsvc.access import (
 )
 from feedsvc.guard import WHERE_INGEST, InputGuard, answer_sync_request, handle_ingest_frame
 from feedsvc.ingest import IngestDecoder
+from feedsvc.protocol.sync import ERROR_BUSY, ERRORS, MARKER_TOPIC_PREFIX
 from feedsvc.publisher import UNBOUNDED, Publisher
 from feedsvc.sockets import MAX_SUBSCRIPTION_PREFIX_BYTES
-from feedsvc.sync import ERROR_BUSY, ERRORS, MARKER_TOPIC_PREFIX, SyncHandler
+from feedsvc.sync import SyncHandler
 from feedsvc.ticks import REJECT_INTERNAL_ERROR, TOPIC_DELIMITER, tick_problem
 from tests.conftest import fuzz_examples
 from tests.unit.test_fuzz_entry_points import (

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 
 from feedsvc.config import Config, ConfigError, load_config, parse_override
 from feedsvc.ingest import IngestDecoder
+from feedsvc.protocol.sync import ERRORS, MARKER_TOPIC_PREFIX
 from feedsvc.publisher import Publisher
-from feedsvc.sync import ERRORS, MARKER_TOPIC_PREFIX, SyncHandler
+from feedsvc.sync import SyncHandler
 from feedsvc.ticks import (
     PUBLISHER_FIELDS,
     REJECT_NOT_JSON,

@@ -6,8 +6,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from feedsvc.protocol.sync import ERRORS
 from feedsvc.publisher import Publisher
-from feedsvc.sync import ERRORS, SyncHandler
+from feedsvc.sync import SyncHandler
 from feedsvc.ticks import decode_frame
 
 
