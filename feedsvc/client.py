@@ -43,6 +43,20 @@ from zmq.utils.monitor import recv_monitor_message
 
 from feedsvc.curve import CurveClientKeys
 from feedsvc.curve import connect as curve_connect
+from feedsvc.protocol.events import HANDSHAKE_FAILURES
+from feedsvc.protocol.sync import (
+    ERROR_BAD_REQUEST,
+    ERROR_BAD_SYMBOL,
+    ERROR_BUSY,
+    ERROR_INTERNAL,
+    ERROR_NOT_JSON,
+    ERROR_SNAPSHOT_TOO_LARGE,
+    ERROR_TOO_LARGE,
+    ERROR_TOO_MANY_SYMBOLS,
+    ERROR_UNKNOWN_MARKER,
+    MARKER_TOPIC_PREFIX,
+    RETRYABLE_ERRORS,
+)
 from feedsvc.ticks import CONTROL_PREFIX, HEARTBEAT_TOPIC, Tick, symbol_problem, topic_prefix
 
 DEFAULT_RCVHWM: Final = 10_000
@@ -61,7 +75,6 @@ DEFAULT_SYNC_ATTEMPTS: Final = 5
 # service that is starting up is not hammered and one that is down is given up on in seconds.
 SYNC_BACKOFF_FIRST_S: Final = 0.1
 SYNC_BACKOFF_MAX_S: Final = 1.0
-SYNC_MARKER_TOPIC_PREFIX: Final = "_sync."
 # Between subscribing a marker topic and sending the request. A PUB socket applies a new
 # subscription only when it next processes commands, which a send does at most about once a
 # millisecond: a request sent at once is often answered, and its marker filtered out, before
@@ -72,32 +85,26 @@ SYNC_SUBSCRIBE_SETTLE_S: Final = 0.01
 SYNC_NO_REPLY: Final = "no_reply"
 SYNC_NO_MARKER: Final = "no_marker"
 SYNC_BAD_REPLY: Final = "bad_reply"
-# The service's refusals that a later attempt can overcome (it is busy, or hit a bug it
-# contained): retried after the usual backoff, like a lost reply.
-SYNC_SERVICE_BUSY: Final = "busy"
-_SYNC_RETRYABLE_REFUSALS: Final = (SYNC_SERVICE_BUSY, "internal_error")
+# The service's refusals that a later attempt can overcome (RETRYABLE_ERRORS: it is busy, or
+# hit a bug it contained) are retried after the usual backoff, like a lost reply.
+SYNC_SERVICE_BUSY: Final = ERROR_BUSY
+_UPGRADE_ONE: Final = "the client and the service disagree on docs/sync-protocol.md; upgrade one"
+_FEWER_SYMBOLS: Final = "subscribe to fewer symbols per subscriber"
 # What to do about a refusal, by the service's error code.
 _SYNC_REFUSAL_HINTS: Final = MappingProxyType(
     {
-        "bad_symbol": "subscribe to valid symbols",
-        "too_many_symbols": "subscribe to fewer symbols per subscriber",
-        "bad_request": "the client and the service disagree on docs/sync-protocol.md; upgrade one",
-        "not_json": "the client and the service disagree on docs/sync-protocol.md; upgrade one",
-        "too_large": "subscribe to fewer symbols per subscriber",
-        "snapshot_too_large": "subscribe to fewer symbols per subscriber",
-        "busy": "the service is sending other snapshots; retry later",
-        "internal_error": "the service logged the failure; retry later",
-        "unknown_marker": "send ready only after the snapshot reply and its marker",
+        ERROR_BAD_SYMBOL: "subscribe to valid symbols",
+        ERROR_TOO_MANY_SYMBOLS: _FEWER_SYMBOLS,
+        ERROR_BAD_REQUEST: _UPGRADE_ONE,
+        ERROR_NOT_JSON: _UPGRADE_ONE,
+        ERROR_TOO_LARGE: _FEWER_SYMBOLS,
+        ERROR_SNAPSHOT_TOO_LARGE: _FEWER_SYMBOLS,
+        ERROR_BUSY: "the service is sending other snapshots; retry later",
+        ERROR_INTERNAL: "the service logged the failure; retry later",
+        ERROR_UNKNOWN_MARKER: "send ready only after the snapshot reply and its marker",
     }
 )
 
-# Handshake failures of the SUB socket: libzmq tells only a socket monitor, so without one a
-# refused Curve key (or Curve on one side only) looks exactly like a silent publisher.
-_HANDSHAKE_FAILURES: Final = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 log = logging.getLogger("feedsvc.client")
 
@@ -452,7 +459,7 @@ class SyncHandshake:
             raise RuntimeError("no sync attempt left; attempt_failed() should have raised")
         self.attempts_made += 1
         self.marker = new_sync_id()
-        self._marker_prefix = topic_prefix(SYNC_MARKER_TOPIC_PREFIX + self.marker)
+        self._marker_prefix = topic_prefix(MARKER_TOPIC_PREFIX + self.marker)
         self._marker_seen = False
         self._snapshot = None
         self.state = self.AWAITING_REPLY
@@ -495,10 +502,7 @@ class SyncHandshake:
         except orjson.JSONDecodeError:
             raise self._fail_bad_reply("it is not JSON") from None
         if isinstance(fields, dict) and fields.get("ok") is False:
-            if (
-                fields.get("error") in _SYNC_RETRYABLE_REFUSALS
-                and self.attempts_made < self.attempts
-            ):
+            if fields.get("error") in RETRYABLE_ERRORS and self.attempts_made < self.attempts:
                 self.refused_for_now = True
                 return
             raise self._fail_refused(fields)
@@ -592,7 +596,7 @@ class SyncHandshake:
             raise ValueError(f"epoch must be an integer, got {epoch!r}")
         # The doc's example carries the marker topic; the bare marker is taken too.
         marker = fields.get("marker", self.marker)
-        if marker not in (self.marker, f"{SYNC_MARKER_TOPIC_PREFIX}{self.marker}"):
+        if marker not in (self.marker, f"{MARKER_TOPIC_PREFIX}{self.marker}"):
             raise ValueError(f"it answers marker {marker!r}, not {self.marker!r}")
         entries_by_symbol = fields.get("snapshot")
         if not isinstance(entries_by_symbol, dict):
@@ -840,14 +844,17 @@ class _SubscriberCore:
     def _open_socket(self, socket_type: int) -> tuple[zmq.Socket, zmq.Socket]:
         """A socket of the subscriber's class, and the plain socket to do non-blocking I/O on
         (the same one, or a shadow of the asyncio socket, which is only awaited for readiness)."""
-        owned = self._socket_class(self._context, socket_type)
+        # Through the context, so that its default socket options (Context.setsockopt) apply.
+        owned = self._context.socket(socket_type, socket_class=self._socket_class)
         plain = owned if self._socket_class is zmq.Socket else zmq.Socket.shadow(owned.underlying)
         plain.setsockopt(zmq.LINGER, 0)
         return owned, plain
 
     def _monitor_handshakes(self) -> zmq.Socket:
         address = f"inproc://feedsvc-subscriber-{self.client_id}-handshakes"
-        self._socket.monitor(address, _HANDSHAKE_FAILURES)
+        # libzmq tells only a socket monitor about handshake failures: without one a refused
+        # Curve key (or Curve on one side only) looks exactly like a silent publisher.
+        self._socket.monitor(address, HANDSHAKE_FAILURES)
         # A plain socket even for the asyncio subscriber: it is only read without blocking.
         monitor = zmq.Context.shadow(self._context.underlying).socket(zmq.PAIR)
         monitor.setsockopt(zmq.LINGER, 0)
