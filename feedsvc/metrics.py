@@ -7,9 +7,8 @@ no metrics call at all, and the names and help texts live in this one module.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 from prometheus_client import CollectorRegistry, Histogram
@@ -23,14 +22,49 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from feedsvc.access import zap_domain
+from feedsvc.access import (
+    ConnectionLimiter,
+    PeerAuthenticator,
+    SubscriptionLimiter,
+    zap_domain,
+)
+from feedsvc.guard import InputGuard
 from feedsvc.http_server import REJECT_REASONS, BoundedHttpServer, Response
+from feedsvc.mirror import MirrorHandoff
+from feedsvc.publisher import Publisher
+from feedsvc.sync import SyncHandler
 
-if TYPE_CHECKING:
-    from feedsvc.service import Service
 
-# The service loop passes at least every 0.1 s; this much silence means it cannot publish.
-LOOP_STALL_S: Final = 5.0
+class ServiceCounters(Protocol):
+    """What the collector and /healthz read: the counters the service's parts keep, never the
+    service itself (feedsvc.service provides them; this module does not import it)."""
+
+    epoch: int
+    heartbeats_sent: int
+    ingested_by_source: dict[str, int]
+    last_publish_unix_s: float
+    subscriber_handshake_failures: int
+    rejected_handshakes: dict[tuple[str, str], int]
+    sync_inflight_bytes: int
+    publisher: Publisher | None
+    sync: SyncHandler | None
+    mirror: MirrorHandoff | None
+    guard: InputGuard
+    authenticator: PeerAuthenticator | None
+    connections: dict[str, ConnectionLimiter]
+    subscriptions: SubscriptionLimiter
+
+    @property
+    def rejected_by_reason(self) -> dict[str, int]: ...
+
+    @property
+    def subscribers_connected(self) -> int: ...
+
+    def mirror_lag_seconds(self) -> float: ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+
 HANDSHAKE_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 PUBLISH_LATENCY_BUCKETS: Final = (
     0.00001,
@@ -50,7 +84,7 @@ PUBLISH_LATENCY_BUCKETS: Final = (
 class ServiceCollector:
     """Reads the service's own counters at scrape time."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: ServiceCounters) -> None:
         self._service = service
 
     def describe(self) -> list[Metric]:
@@ -276,7 +310,7 @@ class MetricsServer:
 
     def __init__(
         self,
-        service: Service,
+        service: ServiceCounters,
         port: int,
         host: str = "127.0.0.1",
         *,
@@ -329,25 +363,3 @@ class MetricsServer:
             healthy, body = self._health()
             return 200 if healthy else 503, "application/json", orjson.dumps(body)
         return 404, "text/plain", b"try /metrics or /healthz\n"
-
-
-def health_body(
-    *,
-    healthy: bool,
-    reason: str | None,
-    epoch: int,
-    endpoints: list[str],
-    mirror_enabled: bool,
-    mirror_connected: bool,
-    last_publish_unix_s: float,
-) -> dict[str, Any]:
-    """The /healthz JSON document."""
-    return {
-        "status": "ok" if healthy else "unavailable",
-        "reason": reason,
-        "epoch": epoch,
-        "sockets_bound": endpoints,
-        "mirror": {"enabled": mirror_enabled, "connected": mirror_connected},
-        "last_tick_unix_s": last_publish_unix_s or None,
-        "checked_unix_s": time.time(),
-    }

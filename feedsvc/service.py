@@ -37,9 +37,10 @@ from feedsvc.guard import (
     answer_sync_request,
     handle_ingest_frame,
 )
+from feedsvc.health import health_document, unhealthy_reason
 from feedsvc.ingest import BurstSchedule, IngestDecoder, RatePacer, SyntheticFeed
 from feedsvc.logs import RateLimiter
-from feedsvc.metrics import LOOP_STALL_S, MetricsServer, health_body
+from feedsvc.metrics import MetricsServer
 from feedsvc.mirror import MirrorHandoff
 from feedsvc.protocol.events import HANDSHAKE_FAILURES, HANDSHAKE_REJECT_REASONS
 from feedsvc.publisher import Publisher
@@ -383,31 +384,26 @@ class Service:
         return self.connections["publisher"].connected
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        """(healthy, body) for /healthz: healthy while the loop runs and the PUB socket is open."""
-        reason = None
-        alive_at = self._loop_alive_at
-        if self._pub is None:
-            reason = "the PUB socket is closed"
-        elif self._stop_requested:
-            reason = "stopping"
-        elif alive_at is None:
-            reason = "not publishing yet"
-        elif time.monotonic() - alive_at > LOOP_STALL_S:
-            reason = f"the publishing loop has not run for over {LOOP_STALL_S:.0f} s"
+        """(healthy, body) for /healthz: healthy while the loop runs and the PUB socket is open
+        (the rule is feedsvc.health's)."""
+        reason = unhealthy_reason(
+            pub_open=self._pub is not None,
+            stopping=self._stop_requested,
+            loop_alive_at=self._loop_alive_at,
+            now=time.monotonic(),
+        )
         mirror_stats = self.mirror.stats if self.mirror is not None else None
-        body = health_body(
-            healthy=reason is None,
+        body = health_document(
             reason=reason,
             epoch=self.epoch,
             endpoints=list(self.config.publisher.endpoints) if self._pub is not None else [],
             mirror_enabled=self.mirror is not None,
             mirror_connected=bool(mirror_stats and mirror_stats.broker_up),
             last_publish_unix_s=self.last_publish_unix_s,
+            fds_open=self.open_fds,
+            fd_limit=self.fd_limit,
+            connections={name: limiter.connected for name, limiter in self.connections.items()},
         )
-        body["fds"] = {"open": self.open_fds, "limit": self.fd_limit}
-        body["connections"] = {
-            name: limiter.connected for name, limiter in self.connections.items()
-        }
         return reason is None, body
 
     def mirror_lag_seconds(self) -> float:

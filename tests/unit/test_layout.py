@@ -28,3 +28,11 @@ def test_the_client_loads_no_server_module() -> None:
     ).stdout.split()
     assert "feedsvc.protocol.sync" in loaded
     assert not set(SERVER_MODULES) & set(loaded)
+
+
+def test_metrics_do_not_import_the_service() -> None:
+    code = "import sys, feedsvc.metrics; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
+    ).stdout.split()
+    assert "feedsvc.metrics" in loaded and "feedsvc.service" not in loaded
