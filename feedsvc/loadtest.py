@@ -11,7 +11,7 @@ Profiles
 --------
 - steady: one run at ``--rate``.
 - burst: one run at ``--rate`` with spikes to ``--burst-factor`` x the rate for
-  ``--burst-duration`` s every ``--burst-every`` s (`feedsvc.ingest.BurstSchedule`, windows on
+  ``--burst-duration`` s every ``--burst-every`` s (`feedsvc.pacing.BurstSchedule`, windows on
   the Unix clock, so the service and the baseline publisher burst at the same moments).
 - step: short steady runs of ``--step-duration`` s at rising rates (``--rate``, or 10k with rate
   0, times ``--step-factor`` each step) until a step is not sustained (achieved publish rate
@@ -68,7 +68,8 @@ from feedsvc import loadtest_plot
 from feedsvc.client import Subscriber
 from feedsvc.curve import CurveClientKeys, create_key_pair, load_key_pair
 from feedsvc.curve import connect as curve_connect
-from feedsvc.ingest import BurstSchedule, RatePacer, synthetic_symbols
+from feedsvc.pacing import BurstSchedule, RatePacer
+from feedsvc.synthetic import synthetic_symbols
 
 if TYPE_CHECKING:
     from rich.table import Table

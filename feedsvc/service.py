@@ -38,10 +38,11 @@ from feedsvc.guard import (
     handle_ingest_frame,
 )
 from feedsvc.health import health_document, unhealthy_reason
-from feedsvc.ingest import BurstSchedule, IngestDecoder, RatePacer, SyntheticFeed
+from feedsvc.ingest import IngestDecoder
 from feedsvc.logs import RateLimiter
 from feedsvc.metrics import MetricsServer
 from feedsvc.mirror import MirrorHandoff
+from feedsvc.pacing import BurstSchedule, RatePacer
 from feedsvc.protocol.events import HANDSHAKE_FAILURES, HANDSHAKE_REJECT_REASONS
 from feedsvc.publisher import Publisher
 from feedsvc.sockets import (
@@ -57,6 +58,7 @@ from feedsvc.sockets import (
     plain_endpoints_first,
 )
 from feedsvc.sync import SyncHandler
+from feedsvc.synthetic import SyntheticFeed
 
 log = logging.getLogger("feedsvc.service")
 

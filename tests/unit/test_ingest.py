@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from feedsvc.ingest import IngestDecoder, RatePacer, SyntheticFeed, synthetic_symbols
+from feedsvc.ingest import IngestDecoder
+from feedsvc.pacing import RatePacer
+from feedsvc.synthetic import SyntheticFeed, synthetic_symbols
 from feedsvc.ticks import REJECT_REASONS, tick_problem
 
 GOOD = {"sym": "AAPL", "bid": 1.0, "ask": 1.01, "bid_size": 100, "ask_size": 100}

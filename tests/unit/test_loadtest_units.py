@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from feedsvc import loadtest
-from feedsvc.ingest import BurstSchedule, RatePacer
 from feedsvc.loadtest import (
     NS_PER_S,
     LatencyRecorder,
@@ -21,6 +20,7 @@ from feedsvc.loadtest import (
     step_sustained,
     step_targets,
 )
+from feedsvc.pacing import BurstSchedule, RatePacer
 
 
 def test_burst_windows_start_at_multiples_of_every_on_the_unix_clock() -> None:
