@@ -18,7 +18,7 @@ from typing import Final, NamedTuple
 import orjson
 
 from feedsvc.config import ConfigError, load_config
-from feedsvc.curve import create_key_pair
+from feedsvc.curve import create_key_pair, key_files_problem
 from feedsvc.logs import setup_logging
 
 EXIT_BAD_CONFIG = 2
@@ -29,6 +29,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config, args.set)
+        if config.curve.enabled:
+            problem = key_files_problem(config.curve.server_secret, config.curve.authorized_keys)
+            if problem is not None:
+                raise ConfigError(*problem)
     except ConfigError as error:
         print(f"feedsvc: config error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -19,7 +19,6 @@ from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from feedsvc.curve import authorized_key_count, load_key_pair
 from feedsvc.secret_refs import secret_problem
 
 ENDPOINT_SCHEMES = ("ipc://", "tcp://")
@@ -337,14 +336,8 @@ class CurveConfig:
             raise ConfigError("curve.server_secret", "must name a NAME.key_secret file")
         if not self.authorized_keys:
             raise ConfigError("curve.authorized_keys", "must name a directory of NAME.key files")
-        for key, check in (
-            ("curve.server_secret", lambda: load_key_pair(self.server_secret)),
-            ("curve.authorized_keys", lambda: authorized_key_count(self.authorized_keys)),
-        ):
-            try:
-                check()
-            except ValueError as error:
-                raise ConfigError(key, str(error)) from None
+        # The files themselves are read where they are used (feedsvc.curve.key_files_problem,
+        # before serve starts): the config stays a typed object that reads no keys.
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,20 @@ def authorized_key_count(directory: str | os.PathLike[str]) -> int:
         raise ValueError(problem) from None
 
 
+def key_files_problem(server_secret_file: str, authorized_keys_dir: str) -> tuple[str, str] | None:
+    """(config key, what is wrong) for the first unusable Curve key file, or None: so that a
+    service never starts with Curve half set up."""
+    for key, check in (
+        ("curve.server_secret", lambda: load_key_pair(server_secret_file)),
+        ("curve.authorized_keys", lambda: authorized_key_count(authorized_keys_dir)),
+    ):
+        try:
+            check()
+        except ValueError as error:
+            return key, str(error)
+    return None
+
+
 def create_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
     """Write NAME.key and NAME.key_secret (owner-only) into `directory`; never overwrites."""
     if not name or "/" in name or name.startswith("."):

@@ -36,3 +36,11 @@ def test_metrics_do_not_import_the_service() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
     ).stdout.split()
     assert "feedsvc.metrics" in loaded and "feedsvc.service" not in loaded
+
+
+def test_the_config_reads_no_key_files() -> None:
+    code = "import sys, feedsvc.config; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
+    ).stdout.split()
+    assert "feedsvc.config" in loaded and "feedsvc.curve" not in loaded
