@@ -31,17 +31,11 @@ log = logging.getLogger("feedsvc.access")
 # Subscription messages: a command byte, then the topic prefix.
 SUBSCRIBE: Final = 1
 UNSUBSCRIBE: Final = 0
-# Label values of feedsvc_connections_refused_total{socket, reason}.
+# Label values of feedsvc_connections_refused_total{socket, reason}, and of the refusal log.
 REFUSED_TOO_MANY_CONNECTIONS: Final = "too_many_connections"
 REFUSED_NETWORK: Final = "network_not_allowed"
 REFUSED_TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
 REFUSED_SUBSCRIPTION_TOO_LONG: Final = "subscription_too_long"
-REFUSED_REASONS: Final = (
-    REFUSED_TOO_MANY_CONNECTIONS,
-    REFUSED_NETWORK,
-    REFUSED_TOO_MANY_SUBSCRIPTIONS,
-    REFUSED_SUBSCRIPTION_TOO_LONG,
-)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -23,6 +23,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from feedsvc.access import (
+    REFUSED_NETWORK,
+    REFUSED_TOO_MANY_CONNECTIONS,
     ConnectionLimiter,
     PeerAuthenticator,
     SubscriptionLimiter,
@@ -185,10 +187,8 @@ class ServiceCollector:
         )
         refused_by_network = authenticator.refused_by_domain if authenticator else {}
         for name, limiter in service.connections.items():
-            refused.add_metric([name, "too_many_connections"], limiter.refused)
-            refused.add_metric(
-                [name, "network_not_allowed"], refused_by_network.get(zap_domain(name), 0)
-            )
+            refused.add_metric([name, REFUSED_TOO_MANY_CONNECTIONS], limiter.refused)
+            refused.add_metric([name, REFUSED_NETWORK], refused_by_network.get(zap_domain(name), 0))
             connections.add_metric([name], limiter.connected)
         for reason, count in service.subscriptions.refused_by_reason.items():
             refused.add_metric(["publisher", reason], count)

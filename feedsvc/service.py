@@ -22,6 +22,8 @@ import zmq.backend
 from zmq.utils.monitor import parse_monitor_message
 
 from feedsvc.access import (
+    REFUSED_NETWORK,
+    REFUSED_TOO_MANY_CONNECTIONS,
     ConnectionLimiter,
     PeerAuthenticator,
     SubscriptionLimiter,
@@ -694,12 +696,12 @@ class Service:
             f"{name}/{reason}": count for (name, reason), count in self.rejected_handshakes.items()
         }
         for name, limiter in self.connections.items():
-            counts[f"{name}/too_many_connections"] = limiter.refused
+            counts[f"{name}/{REFUSED_TOO_MANY_CONNECTIONS}"] = limiter.refused
         for reason, count in self.subscriptions.refused_by_reason.items():
             counts[f"publisher/{reason}"] = count
         if self.authenticator is not None:
             for domain, count in self.authenticator.refused_by_domain.items():
-                counts[f"{domain.removeprefix('feedsvc.')}/network_not_allowed"] = count
+                counts[f"{domain.removeprefix('feedsvc.')}/{REFUSED_NETWORK}"] = count
         return counts
 
     def _log_refused_connections(
