@@ -2,7 +2,7 @@
 
 Keys are zmq.auth certificate files (``NAME.key`` holds the public key, ``NAME.key_secret``
 both), written by ``feedsvc keygen``. The server authenticates clients through ZAP (pyzmq's
-own authenticator, see feedsvc.access) against a directory of public keys
+own authenticator, see feedsvc.server.access) against a directory of public keys
 (``curve.authorized_keys``).
 
 Security options are taken by libzmq at bind/connect time, per endpoint: the service binds its

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What one unauthenticated peer can do to `feedsvc serve`: each attack of `feedsvc.hostile`
+"""What one unauthenticated peer can do to `feedsvc serve`: each attack of `feedsvc.bench.hostile`
 against a fresh service on loopback, measured by a plain SUB (the victim).
 
 A baseline run first (no attack, `--baseline-duration` s), then per attack a fresh serve
@@ -37,7 +37,7 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from feedsvc import hostile  # noqa: E402
+from feedsvc.bench import hostile  # noqa: E402
 
 READY_TIMEOUT_S = 30.0
 MB = 1024 * 1024

@@ -27,8 +27,8 @@ def measure() -> dict[str, float]:
     """Best pass of each measure in this process, ns per tick (the tree is sys.path[0]'s)."""
     import orjson
 
-    from feedsvc.ingest import IngestDecoder
-    from feedsvc.publisher import Publisher
+    from feedsvc.server.ingest import IngestDecoder
+    from feedsvc.server.publisher import Publisher
 
     publisher = Publisher(lambda frame: None, 1, 100_000)
     # Ticks made here, not by the synthetic feed, whose module moved between the trees compared.

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import orjson
 
-from feedsvc.ingest import IngestDecoder
+from feedsvc.server.ingest import IngestDecoder
 
 SYMBOLS = 50
 BATCH_TICKS = 1_000

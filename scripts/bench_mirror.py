@@ -80,7 +80,7 @@ from bench_publish import (
 from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from feedsvc.replay import make_consumer
+from feedsvc.replay.command import make_consumer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = PROJECT_ROOT / "scripts" / "kafka.sh"

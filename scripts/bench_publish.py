@@ -57,7 +57,7 @@ from typing import Any
 import orjson
 import zmq
 
-from feedsvc.loadtest import process_cpu_seconds
+from feedsvc.bench.loadtest import process_cpu_seconds
 
 TARGET_RATIO = 0.5
 FRAME_BYTES = 100

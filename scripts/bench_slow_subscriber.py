@@ -83,7 +83,7 @@ from bench_publish import (
 )
 
 from feedsvc.client import Gap, Subscriber
-from feedsvc.ticks import encode_frame
+from feedsvc.protocol.ticks import encode_frame
 
 TARGET_P99_RATIO = 1.5
 TARGET_AGE_P99_MS = 100.0

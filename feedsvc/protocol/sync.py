@@ -1,5 +1,6 @@
 """The sync handshake's fields, ids and error codes (docs/sync-protocol.md), shared by the
-service's handler (feedsvc.sync) and the client (feedsvc.client): defined once, no sockets."""
+service's handler (feedsvc.server.sync) and the client (feedsvc.client): defined once, no
+sockets."""
 
 from __future__ import annotations
 

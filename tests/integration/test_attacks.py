@@ -1,6 +1,6 @@
 """The outside check's attacks, scaled to CI's time, against a real `feedsvc serve`: each leaves a
 well-behaved SUB its rate without a gap, the service's memory under the documented bound, and
-SIGTERM working. The attackers run in their own processes (feedsvc.hostile), as a peer would.
+SIGTERM working. The attackers run in their own processes (feedsvc.bench.hostile), as a peer would.
 
 The full-size figures are `scripts/bench_attacks.py`'s (docs/security.md); these assert the
 properties at a size CI can afford on 2 cores, with margins for a busy machine.
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from feedsvc import hostile
+from feedsvc.bench import hostile
 from tests.conftest import ServeProcess, http_get, metric_samples, serve_settings
 
 Serve = Callable[..., ServeProcess]

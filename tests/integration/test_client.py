@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from feedsvc.client import AsyncSubscriber, Gap, Restart, Subscriber
-from feedsvc.ticks import HEARTBEAT_TOPIC, Tick, encode_frame
+from feedsvc.protocol.ticks import HEARTBEAT_TOPIC, Tick, encode_frame
 
 EPOCH = 1_700_000_000_000_000_000
 # Upper bound of every wait; generous because other test runs share the two cores.

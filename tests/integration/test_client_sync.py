@@ -21,6 +21,7 @@ import orjson
 import pytest
 import zmq
 
+from feedsvc.cli.subscribe import EXIT_SYNC_FAILED, run_subscribe
 from feedsvc.client import (
     SYNC_NO_MARKER,
     SYNC_NO_REPLY,
@@ -29,8 +30,7 @@ from feedsvc.client import (
     SubscriberStats,
     SyncError,
 )
-from feedsvc.console import EXIT_SYNC_FAILED, run_subscribe
-from feedsvc.ticks import Tick, encode_frame, symbol_problem
+from feedsvc.protocol.ticks import Tick, encode_frame, symbol_problem
 from tests.conftest import free_tcp_port
 from tests.integration.test_client import receive
 

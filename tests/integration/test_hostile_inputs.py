@@ -15,7 +15,7 @@ import orjson
 import pytest
 import zmq
 
-from feedsvc import hostile
+from feedsvc.bench import hostile
 from tests.conftest import (
     ServeProcess,
     free_tcp_port,
@@ -59,7 +59,8 @@ class Feed:
 
 
 class Victim:
-    """feedsvc.hostile's victim SUB (per-symbol seq checks in its own thread), read in phases."""
+    """feedsvc.bench.hostile's victim SUB (per-symbol seq checks in its own thread), read in
+    phases."""
 
     def __init__(self, feed: Feed) -> None:
         self._victim = hostile.Victim(feed.publisher)

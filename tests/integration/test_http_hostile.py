@@ -20,8 +20,8 @@ import zmq
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from feedsvc.config import load_config
-from feedsvc.metrics import MetricsServer
-from feedsvc.service import Service
+from feedsvc.server.observe.metrics import MetricsServer
+from feedsvc.server.service import Service
 from tests.conftest import (
     ServeProcess,
     free_tcp_port,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 import zmq
 
-from feedsvc.ticks import REJECT_REASONS
+from feedsvc.protocol.ticks import REJECT_REASONS
 from tests.conftest import (
     ServeProcess,
     free_tcp_port,

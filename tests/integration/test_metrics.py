@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from feedsvc.config import load_config
-from feedsvc.service import Service
+from feedsvc.server.service import Service
 from tests.conftest import (
     KafkaBroker,
     ServeProcess,

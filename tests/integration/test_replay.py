@@ -30,7 +30,7 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from feedsvc import replay
+from feedsvc.replay import command as replay
 from tests.conftest import PROJECT_ROOT, KafkaBroker, free_tcp_port
 
 PARTITIONS = 3

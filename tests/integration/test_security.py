@@ -23,7 +23,7 @@ from feedsvc.client import Subscriber
 from feedsvc.config import load_config
 from feedsvc.curve import CurveClientKeys
 from feedsvc.curve import connect as curve_connect
-from feedsvc.service import Service
+from feedsvc.server.service import Service
 from tests.conftest import (
     ServeProcess,
     free_tcp_port,

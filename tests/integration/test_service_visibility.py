@@ -11,7 +11,7 @@ import orjson
 import zmq
 
 from feedsvc.config import load_config
-from feedsvc.service import Service
+from feedsvc.server.service import Service
 
 
 def _wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:

@@ -30,7 +30,7 @@ import pytest
 import zmq
 
 from feedsvc.client import Gap, Subscriber
-from feedsvc.ticks import Tick
+from feedsvc.protocol.ticks import Tick
 from tests.conftest import ServeProcess, serve_settings, wait_for_first_message
 
 RATE = 5_000

@@ -3,7 +3,7 @@ descriptors used are ones no process has open, so closing them is a no-op)."""
 
 from __future__ import annotations
 
-from feedsvc.access import (
+from feedsvc.server.access import (
     REFUSED_SUBSCRIPTION_TOO_LONG,
     REFUSED_TOO_MANY_SUBSCRIPTIONS,
     ConnectionLimiter,

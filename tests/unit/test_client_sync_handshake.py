@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from feedsvc import console
+from feedsvc.cli import subscribe as console
 from feedsvc.client import (
     SYNC_BAD_REPLY,
     SYNC_NO_MARKER,
@@ -25,7 +25,7 @@ from feedsvc.client import (
     SyncSnapshot,
     new_sync_id,
 )
-from feedsvc.ticks import Tick, encode_frame
+from feedsvc.protocol.ticks import Tick, encode_frame
 
 ENDPOINT: Final = "ipc:///tmp/feedsvc/sync"
 EPOCH: Final = 1_795_427_063_832_853_867

@@ -17,7 +17,7 @@ from feedsvc.client import (
     SequenceTracker,
     SubscriberStats,
 )
-from feedsvc.ticks import Tick
+from feedsvc.protocol.ticks import Tick
 
 EPOCH = 1_700_000_000_000_000_000
 

@@ -22,20 +22,20 @@ import orjson
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from feedsvc.access import (
+from feedsvc.protocol.sync import ERROR_BUSY, ERRORS, MARKER_TOPIC_PREFIX
+from feedsvc.protocol.ticks import REJECT_INTERNAL_ERROR, TOPIC_DELIMITER, tick_problem
+from feedsvc.server.access import (
     REFUSED_SUBSCRIPTION_TOO_LONG,
     REFUSED_TOO_MANY_SUBSCRIPTIONS,
     SUBSCRIBE,
     UNSUBSCRIBE,
     SubscriptionLimiter,
 )
-from feedsvc.guard import WHERE_INGEST, InputGuard, answer_sync_request, handle_ingest_frame
-from feedsvc.ingest import IngestDecoder
-from feedsvc.protocol.sync import ERROR_BUSY, ERRORS, MARKER_TOPIC_PREFIX
-from feedsvc.publisher import UNBOUNDED, Publisher
-from feedsvc.sockets import MAX_SUBSCRIPTION_PREFIX_BYTES
-from feedsvc.sync import SyncHandler
-from feedsvc.ticks import REJECT_INTERNAL_ERROR, TOPIC_DELIMITER, tick_problem
+from feedsvc.server.guard import WHERE_INGEST, InputGuard, answer_sync_request, handle_ingest_frame
+from feedsvc.server.ingest import IngestDecoder
+from feedsvc.server.publisher import UNBOUNDED, Publisher
+from feedsvc.server.sockets import MAX_SUBSCRIPTION_PREFIX_BYTES
+from feedsvc.server.sync import SyncHandler
 from tests.conftest import fuzz_examples
 from tests.unit.test_fuzz_entry_points import (
     ENCODERS,

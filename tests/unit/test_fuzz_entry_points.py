@@ -25,11 +25,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from feedsvc.config import Config, ConfigError, load_config, parse_override
-from feedsvc.ingest import IngestDecoder
 from feedsvc.protocol.sync import ERRORS, MARKER_TOPIC_PREFIX
-from feedsvc.publisher import Publisher
-from feedsvc.sync import SyncHandler
-from feedsvc.ticks import (
+from feedsvc.protocol.ticks import (
     PUBLISHER_FIELDS,
     REJECT_NOT_JSON,
     REJECT_REASONS,
@@ -40,6 +37,9 @@ from feedsvc.ticks import (
     symbol_problem,
     tick_problem,
 )
+from feedsvc.server.ingest import IngestDecoder
+from feedsvc.server.publisher import Publisher
+from feedsvc.server.sync import SyncHandler
 from tests.conftest import fuzz_examples
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

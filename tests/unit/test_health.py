@@ -3,7 +3,7 @@ its loop has run within LOOP_STALL_S."""
 
 from __future__ import annotations
 
-from feedsvc.health import LOOP_STALL_S, health_document, unhealthy_reason
+from feedsvc.server.observe.health import LOOP_STALL_S, health_document, unhealthy_reason
 
 
 def test_each_condition_of_the_rule_names_itself() -> None:

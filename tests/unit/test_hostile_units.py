@@ -1,4 +1,4 @@
-"""The pure parts of `feedsvc.hostile`: gap counting, /proc parsing, percentiles, ZMTP framing
+"""The pure parts of `feedsvc.bench.hostile`: gap counting, /proc parsing, percentiles, ZMTP framing
 and the hostile payloads' shapes. No sockets."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import struct
 import orjson
 import pytest
 
-from feedsvc import hostile
-from feedsvc.hostile import (
+from feedsvc.bench import hostile
+from feedsvc.bench.hostile import (
     AttackTally,
     SequenceGaps,
     count_gaps,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 
-from feedsvc.ingest import IngestDecoder
-from feedsvc.pacing import RatePacer
-from feedsvc.synthetic import SyntheticFeed, synthetic_symbols
-from feedsvc.ticks import REJECT_REASONS, tick_problem
+from feedsvc.protocol.ticks import REJECT_REASONS, tick_problem
+from feedsvc.server.ingest import IngestDecoder
+from feedsvc.server.pacing import RatePacer
+from feedsvc.server.synthetic import SyntheticFeed, synthetic_symbols
 
 GOOD = {"sym": "AAPL", "bid": 1.0, "ask": 1.01, "bid_size": 100, "ask_size": 100}
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from feedsvc import loadtest
-from feedsvc.loadtest import (
+from feedsvc.bench import loadtest
+from feedsvc.bench.loadtest import (
     NS_PER_S,
     LatencyRecorder,
     MeasuredWindow,
@@ -20,7 +20,7 @@ from feedsvc.loadtest import (
     step_sustained,
     step_targets,
 )
-from feedsvc.pacing import BurstSchedule, RatePacer
+from feedsvc.server.pacing import BurstSchedule, RatePacer
 
 
 def test_burst_windows_start_at_multiples_of_every_on_the_unix_clock() -> None:
@@ -181,7 +181,7 @@ def test_over_time_and_burst_figures_per_measured_second() -> None:
 
 def test_plots_from_a_report(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from feedsvc.loadtest_plot import write_plots
+    from feedsvc.bench.loadtest_plot import write_plots
 
     latency = {"p50": 50, "p99": 90, "p999": 120, "max": 200, "count": 10}
     settings = {

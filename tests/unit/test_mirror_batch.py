@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from feedsvc.mirror import FRAME_SEPARATOR, split_batch
+from feedsvc.server.mirror import FRAME_SEPARATOR, split_batch
 
 
 def frame(symbol: str, **fields: object) -> bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from itertools import count
 
-from feedsvc.publisher import Publisher
-from feedsvc.ticks import decode_frame
+from feedsvc.protocol.ticks import decode_frame
+from feedsvc.server.publisher import Publisher
 
 
 def _publisher(max_symbols: int = 100) -> tuple[Publisher, list[bytes]]:

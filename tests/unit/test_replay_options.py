@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from feedsvc.config import ConfigError
-from feedsvc.replay import (
+from feedsvc.replay.command import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_TOPIC,
     ReplayError,

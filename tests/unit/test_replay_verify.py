@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedsvc.replay import (
+from feedsvc.replay.command import (
     CSV_FIELDS,
     AuditVerifier,
     CsvWriter,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from feedsvc.config import ConfigError, load_config
-from feedsvc.mirror import producer_settings
+from feedsvc.server.mirror import producer_settings
 
 
 def test_env_and_file_references_reach_librdkafka_settings_and_only_there(

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feedsvc.protocol.sync import ERRORS
-from feedsvc.publisher import Publisher
-from feedsvc.sync import SyncHandler
-from feedsvc.ticks import decode_frame
+from feedsvc.protocol.ticks import decode_frame
+from feedsvc.server.publisher import Publisher
+from feedsvc.server.sync import SyncHandler
 
 
 def _handler(max_symbols: int = 100) -> tuple[SyncHandler, Publisher, list[bytes]]:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedsvc.ticks import (
+from feedsvc.protocol.ticks import (
     HEARTBEAT_TOPIC,
     REJECT_BAD_OPTIONAL_FIELD,
     REJECT_BAD_PRICE,

@@ -21,7 +21,11 @@ import zmq
 import zmq.backend
 from zmq.utils.monitor import parse_monitor_message
 
-from feedsvc.access import (
+from feedsvc.config import Config, IngestConfig, SyntheticConfig
+from feedsvc.curve import CurveServer
+from feedsvc.logs import RateLimiter
+from feedsvc.protocol.events import HANDSHAKE_FAILURES, HANDSHAKE_REJECT_REASONS
+from feedsvc.server.access import (
     REFUSED_NETWORK,
     REFUSED_TOO_MANY_CONNECTIONS,
     ConnectionLimiter,
@@ -30,24 +34,20 @@ from feedsvc.access import (
     parse_networks,
     zap_domain,
 )
-from feedsvc.config import Config, IngestConfig, SyntheticConfig
-from feedsvc.curve import CurveServer
-from feedsvc.guard import (
+from feedsvc.server.guard import (
     WHERE_MONITOR,
     WHERE_SUBSCRIPTION,
     InputGuard,
     answer_sync_request,
     handle_ingest_frame,
 )
-from feedsvc.health import health_document, unhealthy_reason
-from feedsvc.ingest import IngestDecoder
-from feedsvc.logs import RateLimiter
-from feedsvc.metrics import MetricsServer
-from feedsvc.mirror import MirrorHandoff
-from feedsvc.pacing import BurstSchedule, RatePacer
-from feedsvc.protocol.events import HANDSHAKE_FAILURES, HANDSHAKE_REJECT_REASONS
-from feedsvc.publisher import Publisher
-from feedsvc.sockets import (
+from feedsvc.server.ingest import IngestDecoder
+from feedsvc.server.mirror import MirrorHandoff
+from feedsvc.server.observe.health import health_document, unhealthy_reason
+from feedsvc.server.observe.metrics import MetricsServer
+from feedsvc.server.pacing import BurstSchedule, RatePacer
+from feedsvc.server.publisher import Publisher
+from feedsvc.server.sockets import (
     HANDSHAKE_TIMEOUT_MS,
     HARD_LIMIT_FACTOR,
     MAX_SUBSCRIPTION_PREFIX_BYTES,
@@ -59,8 +59,8 @@ from feedsvc.sockets import (
     bind_endpoint,
     plain_endpoints_first,
 )
-from feedsvc.sync import SyncHandler
-from feedsvc.synthetic import SyntheticFeed
+from feedsvc.server.sync import SyncHandler
+from feedsvc.server.synthetic import SyntheticFeed
 
 log = logging.getLogger("feedsvc.service")
 
@@ -389,7 +389,7 @@ class Service:
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """(healthy, body) for /healthz: healthy while the loop runs and the PUB socket is open
-        (the rule is feedsvc.health's)."""
+        (the rule is feedsvc.server.observe.health's)."""
         reason = unhealthy_reason(
             pub_open=self._pub is not None,
             stopping=self._stop_requested,

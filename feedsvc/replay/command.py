@@ -66,8 +66,8 @@ from rich.progress import (
 )
 
 from feedsvc.config import ConfigError, load_kafka_config
+from feedsvc.protocol.ticks import symbol_problem
 from feedsvc.secret_refs import SecretError, resolve_secrets
-from feedsvc.ticks import symbol_problem
 
 DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
 DEFAULT_TOPIC: Final = "ticks"

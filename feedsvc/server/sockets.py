@@ -10,11 +10,11 @@ from typing import Final
 
 import zmq
 
-from feedsvc.access import zap_domain
 from feedsvc.curve import CurveServer, is_tcp
 from feedsvc.protocol.events import HANDSHAKE_FAILURES
 from feedsvc.protocol.sync import MAX_MARKER_LENGTH, marker_topic
-from feedsvc.ticks import MAX_SYMBOL_LENGTH, topic_prefix
+from feedsvc.protocol.ticks import MAX_SYMBOL_LENGTH, topic_prefix
+from feedsvc.server.access import zap_domain
 
 # The sockets whose connections are watched, as named in logs, metric labels and ZAP domains.
 SOCKET_NAMES: Final = ("publisher", "ingest", "sync")

@@ -57,7 +57,13 @@ from feedsvc.protocol.sync import (
     MARKER_TOPIC_PREFIX,
     RETRYABLE_ERRORS,
 )
-from feedsvc.ticks import CONTROL_PREFIX, HEARTBEAT_TOPIC, Tick, symbol_problem, topic_prefix
+from feedsvc.protocol.ticks import (
+    CONTROL_PREFIX,
+    HEARTBEAT_TOPIC,
+    Tick,
+    symbol_problem,
+    topic_prefix,
+)
 
 DEFAULT_RCVHWM: Final = 10_000
 DEFAULT_RCVBUF: Final = 262_144

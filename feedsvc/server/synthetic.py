@@ -7,7 +7,7 @@ import random
 from collections.abc import Iterator
 from typing import Final
 
-from feedsvc.ticks import Tick
+from feedsvc.protocol.ticks import Tick
 
 # Table lengths are distinct primes so the combined walk does not repeat for ~10^19 ticks,
 # while each tick costs only list indexing instead of several random() calls.

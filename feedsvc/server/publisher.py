@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import orjson
 
-from feedsvc.ticks import (
+from feedsvc.protocol.ticks import (
     HEARTBEAT_TOPIC,
     REJECT_CACHE_FULL,
     REJECT_INTERNAL_ERROR,

@@ -25,7 +25,7 @@ EXIT_BAD_CONFIG = 2
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from feedsvc.service import Service, StartupError
+    from feedsvc.server.service import Service, StartupError
 
     try:
         config = load_config(args.config, args.set)
@@ -102,19 +102,19 @@ class _LazyCommand(NamedTuple):
 _LAZY_COMMANDS: Final = {
     "subscribe": _LazyCommand(
         "receive ticks like a trading client",
-        "feedsvc.console",
+        "feedsvc.cli.subscribe",
         "add_subscribe_arguments",
         "run_from_args",
     ),
     "replay": _LazyCommand(
         "read ticks back from the Kafka mirror; --verify audits their sequence",
-        "feedsvc.replay",
+        "feedsvc.replay.command",
         "add_replay_arguments",
         "run_from_args",
     ),
     "loadtest": _LazyCommand(
         "run the service under synthetic load and measure it (vs raw pyzmq)",
-        "feedsvc.loadtest",
+        "feedsvc.bench.loadtest",
         "add_loadtest_arguments",
         "run_from_args",
     ),
@@ -192,7 +192,3 @@ def main(argv: list[str] | None = None) -> int:
     command = next((word for word in arguments if not word.startswith("-")), "")
     args = build_parser(command).parse_args(arguments)
     return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

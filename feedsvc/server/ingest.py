@@ -7,7 +7,7 @@ from typing import Final
 
 import orjson
 
-from feedsvc.ticks import (
+from feedsvc.protocol.ticks import (
     REJECT_BAD_OPTIONAL_FIELD,
     REJECT_NOT_JSON,
     REJECT_REASONS,

@@ -30,7 +30,7 @@ from feedsvc.protocol.sync import (
     MARKER_PATTERN,
     marker_topic,
 )
-from feedsvc.ticks import encode_frame, symbol_problem
+from feedsvc.protocol.ticks import encode_frame, symbol_problem
 
 DEFAULT_MAX_SNAPSHOT_BYTES: Final = 64 * 1024 * 1024
 # Reply bytes per symbol besides its payload: the symbol key, "seq", "tick" and punctuation.

@@ -6,7 +6,7 @@ its sockets and returns what it did: messages sent, bytes, connections, replies,
 Its defaults are the sizes the outside check used; `scaled_parameters` scales the volume ones
 (how many peers, connections, batches ...) for quick runs, never the shape that makes a message
 hostile (a nesting depth, a size near a limit). `ATTACKS` names them all; ``python -m
-feedsvc.hostile NAME`` runs one in its own process (so its CPU and GIL are not the victim's).
+feedsvc.bench.hostile NAME`` runs one in its own process (so its CPU and GIL are not the victim's).
 
 Peers that must not read (idle subscribers, snapshot hoarders) speak ZMTP 3.0 over a raw TCP
 socket with a small receive buffer: a libzmq socket would keep reading into its own queue and
@@ -1078,7 +1078,7 @@ def attack_command(
     return [
         sys.executable,
         "-m",
-        "feedsvc.hostile",
+        "feedsvc.bench.hostile",
         name,
         "--endpoints",
         json.dumps(asdict(endpoints)),
@@ -1527,7 +1527,7 @@ class Victim:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m feedsvc.hostile",
+        prog="python -m feedsvc.bench.hostile",
         description="Run one hostile peer against feedsvc serve; prints its result as JSON.",
     )
     parser.add_argument("attack", choices=sorted(ATTACKS))

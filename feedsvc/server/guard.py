@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from feedsvc.ingest import IngestDecoder
 from feedsvc.logs import RateLimiter
 from feedsvc.protocol.sync import ERROR_INTERNAL
-from feedsvc.publisher import Publisher
-from feedsvc.sync import SyncHandler, SyncReply
-from feedsvc.ticks import REJECT_INTERNAL_ERROR
+from feedsvc.protocol.ticks import REJECT_INTERNAL_ERROR
+from feedsvc.server.ingest import IngestDecoder
+from feedsvc.server.publisher import Publisher
+from feedsvc.server.sync import SyncHandler, SyncReply
 
 log = logging.getLogger("feedsvc.guard")
 

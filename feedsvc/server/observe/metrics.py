@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from feedsvc.access import (
+from feedsvc.server.access import (
     REFUSED_NETWORK,
     REFUSED_TOO_MANY_CONNECTIONS,
     ConnectionLimiter,
@@ -30,16 +30,16 @@ from feedsvc.access import (
     SubscriptionLimiter,
     zap_domain,
 )
-from feedsvc.guard import InputGuard
-from feedsvc.http_server import REJECT_REASONS, BoundedHttpServer, Response
-from feedsvc.mirror import MirrorHandoff
-from feedsvc.publisher import Publisher
-from feedsvc.sync import SyncHandler
+from feedsvc.server.guard import InputGuard
+from feedsvc.server.mirror import MirrorHandoff
+from feedsvc.server.observe.http import REJECT_REASONS, BoundedHttpServer, Response
+from feedsvc.server.publisher import Publisher
+from feedsvc.server.sync import SyncHandler
 
 
 class ServiceCounters(Protocol):
     """What the collector and /healthz read: the counters the service's parts keep, never the
-    service itself (feedsvc.service provides them; this module does not import it)."""
+    service itself (feedsvc.server.service provides them; this module does not import it)."""
 
     epoch: int
     heartbeats_sent: int

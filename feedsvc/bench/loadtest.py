@@ -11,8 +11,8 @@ Profiles
 --------
 - steady: one run at ``--rate``.
 - burst: one run at ``--rate`` with spikes to ``--burst-factor`` x the rate for
-  ``--burst-duration`` s every ``--burst-every`` s (`feedsvc.pacing.BurstSchedule`, windows on
-  the Unix clock, so the service and the baseline publisher burst at the same moments).
+  ``--burst-duration`` s every ``--burst-every`` s (`feedsvc.server.pacing.BurstSchedule`,
+  windows on the Unix clock, so the service and the baseline publisher burst at the same moments).
 - step: short steady runs of ``--step-duration`` s at rising rates (``--rate``, or 10k with rate
   0, times ``--step-factor`` each step) until a step is not sustained (achieved publish rate
   under 0.95 x the target, or gaps at a fast subscriber) or ``--max-steps``.
@@ -64,12 +64,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
-from feedsvc import loadtest_plot
+from feedsvc.bench import loadtest_plot
 from feedsvc.client import Subscriber
 from feedsvc.curve import CurveClientKeys, create_key_pair, load_key_pair
 from feedsvc.curve import connect as curve_connect
-from feedsvc.pacing import BurstSchedule, RatePacer
-from feedsvc.synthetic import synthetic_symbols
+from feedsvc.server.pacing import BurstSchedule, RatePacer
+from feedsvc.server.synthetic import synthetic_symbols
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -494,7 +494,7 @@ def _role_command(args: argparse.Namespace, role: str, endpoint: str, slow: bool
     command = [
         sys.executable,
         "-m",
-        "feedsvc.loadtest",
+        "feedsvc.bench.loadtest",
         f"--role={role}",
         f"--endpoint={endpoint}",
         f"--rate={args.rate}",
@@ -1348,7 +1348,7 @@ ROLES: Final = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Hidden roles, run by the orchestrator as `python -m feedsvc.loadtest --role=...`."""
+    """Hidden roles, run by the orchestrator as `python -m feedsvc.bench.loadtest --role=...`."""
     parser = argparse.ArgumentParser(description="feedsvc loadtest worker (internal)")
     parser.add_argument("--role", choices=tuple(ROLES), required=True)
     parser.add_argument("--endpoint", required=True)

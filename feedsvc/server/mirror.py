@@ -33,8 +33,8 @@ import zmq
 
 from feedsvc.config import KAFKA_CONNECTION_PREFIXES, KafkaConfig, LogConfig
 from feedsvc.logs import RateLimiter, setup_logging
+from feedsvc.protocol.ticks import TOPIC_DELIMITER
 from feedsvc.secret_refs import resolve_secrets
-from feedsvc.ticks import TOPIC_DELIMITER
 
 log = logging.getLogger("feedsvc.mirror")
 

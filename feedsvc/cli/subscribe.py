@@ -29,9 +29,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from feedsvc.client import DEFAULT_SYNC_TIMEOUT_S, Subscriber, SyncError
-from feedsvc.client_metrics import SubscriberMetrics
+from feedsvc.client.metrics import SubscriberMetrics
 from feedsvc.curve import CurveClientKeys
-from feedsvc.ticks import Tick
+from feedsvc.protocol.ticks import Tick
 
 DEFAULT_ENDPOINT: Final = "ipc:///tmp/feedsvc/ticks"
 # Longest wait for a tick, so --duration and a stop signal are noticed promptly.

@@ -1,0 +1,1 @@
+"""`feedsvc replay`: read the Kafka audit trail back, verify it, re-publish it."""

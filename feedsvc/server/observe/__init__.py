@@ -1,0 +1,1 @@
+"""What operators watch: the counters the metrics collector reads, /metrics, /healthz."""
