@@ -5,33 +5,23 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import hypothesis
-import orjson
 import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from feedsvc.bench.kafka import PROJECT_ROOT, BrokerError, KafkaBroker
+from feedsvc.bench.procs import ServeProcess, free_tcp_port
+
+__all__ = ["PROJECT_ROOT", "KafkaBroker", "ServeProcess", "free_tcp_port"]
 SCHEMAS = PROJECT_ROOT / "schemas"
-
-
-def free_tcp_port() -> int:
-    """A loopback port free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -57,50 +47,6 @@ def zmq_context() -> Iterator[zmq.Context]:
     context = zmq.Context()
     yield context
     context.destroy(linger=0)
-
-
-class ServeProcess:
-    """A real `feedsvc serve` process; stderr goes to a file the test can read."""
-
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self.summary_path = log_path.with_suffix(".summary.json")
-        self._log_file = log_path.open("wb")
-        self.popen = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "feedsvc.cli", "serve"),
-                *("--summary-file", str(self.summary_path)),
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self._log_file,
-        )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def summary(self) -> dict[str, Any]:
-        """What the stopped service reported it did (--summary-file), as data."""
-        assert self.summary_path.exists(), f"serve wrote no summary; its log:\n{self.log}"
-        return orjson.loads(self.summary_path.read_bytes())
-
-    def terminate(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM, then wait for the exit code (killed after timeout_s)."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=5)
-            raise
-
-    def close(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(timeout=5)
-        self._log_file.close()
 
 
 @pytest.fixture
@@ -191,61 +137,17 @@ def metric_samples(text: bytes) -> dict[str, float]:
     return samples
 
 
-KAFKA_SCRIPT = PROJECT_ROOT / "scripts" / "kafka.sh"
-
-
-class KafkaBroker:
-    """A real Apache Kafka broker started by scripts/kafka.sh for this test session.
-
-    Clients connect in PLAINTEXT at `bootstrap`, or with SASL/PLAIN at `sasl_bootstrap` as one
-    of the users in `sasl_passwords` (fresh random passwords per session).
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_tcp_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.sasl_port = free_tcp_port()
-        self.sasl_bootstrap = f"127.0.0.1:{self.sasl_port}"
-        self.sasl_passwords = {name: secrets.token_urlsafe(16) for name in ("feedsvc", "auditor")}
-        self.data_dir = data_dir
-        self.env = {
-            **os.environ,
-            "KAFKA_PORT": str(self.port),
-            "KAFKA_CONTROLLER_PORT": str(free_tcp_port()),
-            "KAFKA_SASL_PORT": str(self.sasl_port),
-            "KAFKA_SASL_USERS": " ".join(f"{n}:{p}" for n, p in self.sasl_passwords.items()),
-            "KAFKA_DATA_DIR": str(data_dir),
-        }
-
-    def run(self, command: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(KAFKA_SCRIPT), command],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-
-    def start(self) -> None:
-        result = self.run("start")
-        if result.returncode != 0:
-            # No skipping: a missing broker is a failed run, with the script's reason.
-            pytest.fail(
-                f"Kafka broker did not start (scripts/kafka.sh start exit {result.returncode}):\n"
-                f"{result.stderr}{result.stdout}",
-                pytrace=False,
-            )
-
-    def stop(self) -> None:
-        self.run("stop", timeout_s=120.0)
-
-
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """One real broker per test session, on free loopback ports, data in a temporary folder."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
-    broker.start()
+    """One real broker per test session, on free loopback ports, data in a temporary folder; its
+    SASL listener has users feedsvc and auditor with fresh random passwords."""
+    users = {name: secrets.token_urlsafe(16) for name in ("feedsvc", "auditor")}
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), sasl_users=users)
+    try:
+        broker.start()
+    except BrokerError as error:
+        # No skipping: a missing broker is a failed run, with the script's reason.
+        pytest.fail(f"Kafka broker did not start: {error}", pytrace=False)
     yield broker
     broker.stop()
 
