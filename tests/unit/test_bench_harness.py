@@ -53,7 +53,7 @@ def test_serve_command_sets_each_key_in_order_and_asks_for_the_summary(tmp_path:
 
 
 def test_a_missing_summary_is_an_error_naming_the_file(tmp_path: Path) -> None:
-    with pytest.raises(procs.ProcessError, match="s.json"):
+    with pytest.raises(procs.ProcessError, match=r"s\.json"):
         procs.read_summary(tmp_path / "s.json")
 
 
