@@ -518,7 +518,3 @@ def _load_raw(path: Path | None, overrides: Iterable[str]) -> dict[str, Any]:
         section[keys[-1]] = value
     return raw
 
-
-def config_as_dict(config: Config) -> dict[str, Any]:
-    """The config as plain data (for logging the effective config and comparing with YAML)."""
-    return dataclasses.asdict(config)

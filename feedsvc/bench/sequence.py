@@ -5,9 +5,11 @@ the subscriber listened)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Final
 
-import orjson
+from feedsvc.protocol.ticks import CONTROL_PREFIX, decode_frame
+
+CONTROL_START: Final = CONTROL_PREFIX.encode()
 
 
 class SequenceGaps:
@@ -63,9 +65,8 @@ def count_gaps(frames: Iterable[bytes]) -> dict[str, int]:
     """`SequenceGaps.summary` over wire frames (topic, space, JSON); control frames skipped."""
     tracker = SequenceGaps()
     for frame in frames:
-        topic, _, body = frame.partition(b" ")
-        if topic.startswith(b"_"):
+        if frame.startswith(CONTROL_START):
             continue
-        tick: dict[str, Any] = orjson.loads(body)
+        _, tick = decode_frame(frame)
         tracker.observe(tick["sym"], tick["epoch"], tick["seq"])
     return tracker.summary()

@@ -159,11 +159,6 @@ class Publisher:
         heartbeat = {"epoch": self.epoch, "ts": self._clock_ns(), "interval_s": interval_s}
         self._send(encode_frame(HEARTBEAT_TOPIC, heartbeat))
 
-    def last_seq(self, symbol: str) -> int:
-        """The last seq sent for `symbol` in this epoch (0 if none)."""
-        state = self._state_by_symbol.get(symbol)
-        return 0 if state is None else state[1]
-
     def send_control(self, frame: bytes) -> None:
         """Send a control frame (a reserved "_" topic) on the PUB socket, in line with ticks."""
         self._send(frame)

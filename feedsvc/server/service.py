@@ -184,7 +184,6 @@ class Service:
             config.publisher.max_subscription_bytes,
         )
         self.guard = InputGuard()
-        self.sync_seconds_total = 0.0
         self.last_publish_unix_s = 0.0
         # Descriptors open and allowed, counted every HOUSEKEEPING_INTERVAL_S.
         self.open_fds = 0
@@ -595,7 +594,6 @@ class Service:
                 send_frame(marker_frame)
             finished = perf_counter()
             elapsed = finished - started
-            self.sync_seconds_total += elapsed
             if self.metrics is not None:
                 self.metrics.handshake_seconds.observe(elapsed)
             budget_bytes -= len(request) + len(reply)

@@ -12,6 +12,7 @@ import zmq
 
 from feedsvc.config import load_config
 from feedsvc.server.service import Service
+from tests.conftest import free_tcp_port, http_get, metric_samples
 
 
 def _wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
@@ -27,12 +28,14 @@ def test_subscriber_count_follows_connects_and_disconnects(
     ipc_endpoint: str, tcp_endpoint: str, zmq_context: zmq.Context
 ) -> None:
     sync_endpoint = f"{ipc_endpoint}-sync"
+    metrics_port = free_tcp_port()
     config = load_config(
         None,
         [
             f"publisher.endpoints=[{ipc_endpoint}, {tcp_endpoint}]",
             "ingest.endpoint=",
-            "metrics.port=0",
+            f"metrics.port={metrics_port}",
+            "metrics.host=127.0.0.1",
             f"sync.endpoint={sync_endpoint}",
             "kafka.enabled=false",
             "synthetic.rate=1000",
@@ -67,7 +70,12 @@ def test_subscriber_count_follows_connects_and_disconnects(
         req.recv()
         assert service.sync.snapshots_served == 3
         assert service.sync.rejected_by_reason["not_json"] == 1
-        assert 0 < service.sync_seconds_total < 5
+        # Every request, the refused one too, is timed in the handshake histogram.
+        status, body = http_get(metrics_port, "/metrics")
+        samples = metric_samples(body)
+        assert status == 200
+        assert samples["feedsvc_sync_handshake_seconds_count"] == 4
+        assert 0 < samples["feedsvc_sync_handshake_seconds_sum"] < 5
     finally:
         service.request_stop()
         runner.join(timeout=15)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from feedsvc.config import Config, ConfigError, config_as_dict, load_config, parse_override
+from feedsvc.config import Config, ConfigError, load_config, parse_override
 from tests.conftest import PROJECT_ROOT
 
 CONFIG_YAML = PROJECT_ROOT / "config.yaml"
@@ -15,7 +16,7 @@ CONFIG_YAML = PROJECT_ROOT / "config.yaml"
 
 def test_config_yaml_documents_every_key_with_its_default() -> None:
     documented = yaml.safe_load(CONFIG_YAML.read_text())
-    assert documented == config_as_dict(Config())
+    assert documented == dataclasses.asdict(Config())
 
 
 def test_issue_contract_keys_exist() -> None:

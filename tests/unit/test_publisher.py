@@ -35,7 +35,8 @@ def test_seq_counts_per_symbol_from_one() -> None:
     ]
     assert all(tick["epoch"] == 77 and tick["sym"] == topic for topic, tick in decoded)
     assert [tick["ts"] for _, tick in decoded] == [1000, 1001, 1002, 1003, 1004]
-    assert publisher.last_seq("A") == 3 and publisher.last_seq("Z") == 0
+    last_values = publisher.last_values(["A", "Z"])
+    assert last_values["A"][0] == 3 and last_values["Z"] == (0, None)
     assert publisher.published == 5
 
 
