@@ -1,0 +1,1 @@
+"""Benchmark scenarios on the harness core (feedsvc.bench); scripts/bench_*.py call main()."""
