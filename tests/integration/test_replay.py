@@ -30,7 +30,11 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from feedsvc.replay import command as replay
+from feedsvc.replay.output import CSV_FIELDS
+from feedsvc.replay.plan import END_SLACK_MS, START_SLACK_MS, plan_ranges, start_offsets
+from feedsvc.replay.progress import NoProgress
+from feedsvc.replay.reader import make_consumer, read_partition
+from feedsvc.replay.times import format_ns
 from tests.conftest import PROJECT_ROOT, KafkaBroker, free_tcp_port
 
 PARTITIONS = 3
@@ -244,8 +248,8 @@ def test_since_until_select_exactly_the_window_located_by_time(
     assert since in written_ts and until - 1 in written_ts
     assert since - 1 not in written_ts and until not in written_ts
     # Only the messages from the time lookups' offsets were read, not the whole topic.
-    start_ms = since // 1_000_000 - replay.START_SLACK_MS
-    end_ms = until // 1_000_000 + replay.END_SLACK_MS
+    start_ms = since // 1_000_000 - START_SLACK_MS
+    end_ms = until // 1_000_000 + END_SLACK_MS
     read_expected = sum(start_ms <= tick.timestamp_ms < end_ms for tick in ticks)
     assert summary_of(result)["messages"] == read_expected < len(ticks)
 
@@ -257,10 +261,10 @@ def test_start_offsets_come_from_offsets_for_times(kafka_broker: KafkaBroker, to
     produce(kafka_broker.bootstrap, topic, ticks)
     since = epoch + 2 * HOUR_NS  # seq 24 and later
 
-    consumer = replay.make_consumer(kafka_broker.bootstrap)
+    consumer = make_consumer(kafka_broker.bootstrap)
     try:
-        offsets = replay.start_offsets(consumer, topic, since)
-        ranges = replay.plan_ranges(consumer, topic, since, None)
+        offsets = start_offsets(consumer, topic, since)
+        ranges = plan_ranges(consumer, topic, since, None)
     finally:
         consumer.close()
 
@@ -289,11 +293,9 @@ def test_csv_has_the_header_and_one_row_per_tick(kafka_broker: KafkaBroker, topi
     for tick in ticks:
         fields = orjson.loads(tick.payload)
         expected_rows.append(
-            tuple(
-                "" if fields.get(name) is None else str(fields[name]) for name in replay.CSV_FIELDS
-            )
+            tuple("" if fields.get(name) is None else str(fields[name]) for name in CSV_FIELDS)
         )
-    assert Counter(tuple(row[name] for name in replay.CSV_FIELDS) for row in rows) == Counter(
+    assert Counter(tuple(row[name] for name in CSV_FIELDS) for row in rows) == Counter(
         expected_rows
     )
     assert all(None not in row for row in rows)  # no extra columns (the unknown "cond")
@@ -382,7 +384,7 @@ def test_verify_with_since_counts_a_mid_sequence_start_only_when_the_epoch_began
         "--out",
         os.devnull,
         "--since",
-        replay.format_ns(since),
+        format_ns(since),
     )
 
     assert result.returncode == 1, describe(result)
@@ -457,15 +459,15 @@ def test_reading_stops_at_the_watermarks_of_the_plan(kafka_broker: KafkaBroker, 
     epoch = hours_ago_ns(2)
     ticks = [make_tick("AAA", seq, epoch, epoch + seq * 10**6) for seq in range(1, 301)]
     produce(kafka_broker.bootstrap, topic, ticks[:200])
-    consumer = replay.make_consumer(kafka_broker.bootstrap)
+    consumer = make_consumer(kafka_broker.bootstrap)
     try:
-        ranges = replay.plan_ranges(consumer, topic, None, None)
+        ranges = plan_ranges(consumer, topic, None, None)
         # Ticks that arrive after the plan was made are not part of this replay.
         produce(kafka_broker.bootstrap, topic, ticks[200:])
         read = [
             message.value()
             for span in ranges
-            for batch in replay.read_partition(consumer, topic, span, replay._NoProgress())
+            for batch in read_partition(consumer, topic, span, NoProgress())
             for message in batch
         ]
     finally:

@@ -11,11 +11,11 @@ from feedsvc.config import ConfigError
 from feedsvc.replay.command import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_TOPIC,
-    ReplayError,
     add_replay_arguments,
-    make_consumer,
     options_from_args,
 )
+from feedsvc.replay.errors import ReplayError
+from feedsvc.replay.reader import make_consumer
 
 
 def _parse(*argv: str) -> argparse.Namespace:

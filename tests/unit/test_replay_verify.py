@@ -15,17 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedsvc.replay.command import (
-    CSV_FIELDS,
-    AuditVerifier,
-    CsvWriter,
-    JsonLinesWriter,
-    TickFilter,
-    decode_tick,
-    format_ns,
-    malformed_reason,
-    parse_iso8601_ns,
-)
+from feedsvc.replay.audit import AuditVerifier
+from feedsvc.replay.output import CSV_FIELDS, CsvWriter, JsonLinesWriter
+from feedsvc.replay.ticks import TickFilter, decode_tick, malformed_reason
+from feedsvc.replay.times import format_ns, parse_iso8601_ns
 
 EPOCH = 1_795_427_742_012_345_678
 
