@@ -7,36 +7,24 @@ on the hot path.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
-import os
-import resource
 import time
-from collections.abc import Callable
 from typing import Final
 
 import zmq
 import zmq.backend
-from zmq.utils.monitor import parse_monitor_message
 
 from feedsvc.config import Config, IngestConfig, SyntheticConfig
 from feedsvc.curve import CurveServer
 from feedsvc.logs import RateLimiter
-from feedsvc.protocol.events import HANDSHAKE_FAILURES, HANDSHAKE_REJECT_REASONS
 from feedsvc.server.access import (
-    REFUSED_NETWORK,
-    REFUSED_TOO_MANY_CONNECTIONS,
-    ConnectionLimiter,
     PeerAuthenticator,
-    SubscriptionLimiter,
     parse_networks,
     zap_domain,
 )
+from feedsvc.server.connections import PeerAccounting, log_refused_connections
 from feedsvc.server.guard import (
-    WHERE_MONITOR,
-    WHERE_SUBSCRIPTION,
     InputGuard,
     answer_sync_request,
     handle_ingest_frame,
@@ -50,11 +38,9 @@ from feedsvc.server.publisher import Publisher
 from feedsvc.server.sockets import (
     HANDSHAKE_TIMEOUT_MS,
     HARD_LIMIT_FACTOR,
-    MAX_SUBSCRIPTION_PREFIX_BYTES,
     MONITORED_EVENTS,
     PUBLISHER_MAX_MESSAGE_BYTES,
     PUBLISHER_MAX_MESSAGE_BYTES_CURVE,
-    SOCKET_NAMES,
     SYNC_QUEUED_PER_PEER,
     bind_endpoint,
     plain_endpoints_first,
@@ -72,9 +58,6 @@ INGEST_BYTES_PER_PASS: Final = 4 * 1024 * 1024
 SYNC_SECONDS_PER_PASS: Final = 0.002
 SYNC_BYTES_PER_PASS: Final = 8 * 1024 * 1024
 SYNC_REQUESTS_PER_PASS: Final = 100
-# Subscription messages and monitor events read per pass at most (a burst waits in libzmq).
-SUBSCRIPTIONS_PER_PASS: Final = 10_000
-MONITOR_EVENTS_PER_PASS: Final = 10_000
 # Frames drained from the ingest socket at shutdown, at most (already-queued ticks are published).
 INGEST_BYTES_AT_SHUTDOWN: Final = 256 * 1024 * 1024
 INGEST_SECONDS_AT_SHUTDOWN: Final = 2.0
@@ -87,34 +70,8 @@ MIRROR_STATS_INTERVAL_S: Final = 0.5
 HOUSEKEEPING_INTERVAL_S: Final = 1.0
 FD_WARNING_SHARE: Final = 0.8
 FD_WARNING_INTERVAL_S: Final = 10.0
-# Descriptors the process needs besides its peers' connections (files, pipes, the mirror, HTTP).
-FD_BASE_NEEDS: Final = 256
-_FD_DIR: Final = "/proc/self/fd"
-# After this many subscribers left, and at most this often, free memory is handed back to the
-# OS: libzmq's queues of readers that left are freed in the middle of the heap, where glibc
-# keeps them (1,000 subscribers that never read held +512 MB after they were gone).
-TRIM_AFTER_DISCONNECTS: Final = 64
-TRIM_INTERVAL_S: Final = 10.0
 # Sync replies whose trackers are checked at once at most, between housekeeping passes.
 MAX_TRACKED_REPLIES: Final = 4_096
-
-
-def _heap_trimmer() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return None
-
-
-def _source_fd(message: zmq.Frame) -> int:
-    """The descriptor of the connection a message came from; -1 for one libzmq made itself (the
-    unsubscriptions of a connection that ended, already forgotten at its DISCONNECTED event)."""
-    try:
-        return message.get(zmq.SRCFD)
-    except zmq.ZMQError:
-        return -1
 
 
 class StartupError(RuntimeError):
@@ -163,31 +120,9 @@ class Service:
         self.wait_subscribers = wait_subscribers
         self.ingested_by_source = {"synthetic": 0, "ingest": 0}
         self.heartbeats_sent = 0
-        # Handshake failures of would-be subscribers (from the PUB socket's monitor).
-        self.subscriber_handshake_failures = 0
-        # Failed handshakes on every socket, by (socket name, reason): Curve rejections show here.
-        self.rejected_handshakes = {
-            (name, reason): 0
-            for name in SOCKET_NAMES
-            for reason in HANDSHAKE_REJECT_REASONS.values()
-        }
-        limits = {
-            "publisher": config.publisher.max_connections,
-            "ingest": config.ingest.max_connections,
-            "sync": config.sync.max_connections,
-        }
-        self.connections = {name: ConnectionLimiter(limits[name]) for name in SOCKET_NAMES}
-        self.subscriptions = SubscriptionLimiter(
-            config.publisher.max_subscriptions_per_connection,
-            config.publisher.max_subscriptions,
-            MAX_SUBSCRIPTION_PREFIX_BYTES,
-            config.publisher.max_subscription_bytes,
-        )
         self.guard = InputGuard()
+        self.peers = PeerAccounting(config, self.guard)
         self.last_publish_unix_s = 0.0
-        # Descriptors open and allowed, counted every HOUSEKEEPING_INTERVAL_S.
-        self.open_fds = 0
-        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.metrics: MetricsServer | None = None
         # Updated every loop pass; /healthz reports 503 when it stops moving.
         self._loop_alive_at: float | None = None
@@ -209,9 +144,6 @@ class Service:
         # Large sync replies libzmq still holds: (tracker, bytes); their sum is bounded.
         self._replies_in_flight: list[tuple[zmq.MessageTracker, int]] = []
         self.sync_inflight_bytes = 0
-        self._trim_heap = _heap_trimmer()
-        self._disconnects_since_trim = 0
-        self._last_trim_at = 0.0
         self.sync: SyncHandler | None = None
         self.decoder = IngestDecoder(config.ingest.max_message_bytes)
         self.publisher: Publisher | None = None
@@ -221,7 +153,7 @@ class Service:
         """Create and bind every socket; raises StartupError naming the endpoint that failed."""
         config = self.config
         publisher_config, ingest_config, sync_config = config.publisher, config.ingest, config.sync
-        self._raise_fd_limit()
+        self.peers.raise_fd_limit()
         try:
             self._start_authenticator()
             pub = self._pub = self._context.socket(zmq.XPUB)
@@ -296,7 +228,7 @@ class Service:
                     f"{config.metrics.port}: {error.strerror or error}"
                 ) from None
             self.metrics.start()
-        self._count_fds()
+        self.peers.count_fds()
         log.info(
             "serving epoch=%d publisher=%s ingest=%s sync=%s kafka=%s synthetic=%s",
             self.epoch,
@@ -308,32 +240,6 @@ class Service:
             if config.synthetic.enabled
             else "off",
         )
-
-    def _raise_fd_limit(self) -> None:
-        """Lift the soft descriptor limit to the hard one: every connection takes one, and the
-        per-socket caps (max_connections) are what bounds them, not an accident of the shell."""
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard != resource.RLIM_INFINITY and soft < hard:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-                soft = hard
-            except (ValueError, OSError) as error:
-                log.warning(
-                    "cannot raise the descriptor limit from %d to %d: %s", soft, hard, error
-                )
-        self.fd_limit = soft
-        needed = FD_BASE_NEEDS + sum(
-            limiter.max_connections for limiter in self.connections.values()
-        )
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            log.warning(
-                "descriptor limit %d is below what the connection caps allow (%d: "
-                "publisher/ingest/sync max_connections plus %d); raise it (ulimit -n) or lower "
-                "the caps",
-                soft,
-                needed,
-                FD_BASE_NEEDS,
-            )
 
     def _start_authenticator(self) -> None:
         """Start the ZAP handler when Curve or an allowed_networks list needs it."""
@@ -384,7 +290,7 @@ class Service:
 
     @property
     def subscribers_connected(self) -> int:
-        return self.connections["publisher"].connected
+        return self.peers.connections["publisher"].connected
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """(healthy, body) for /healthz: healthy while the loop runs and the PUB socket is open
@@ -403,9 +309,9 @@ class Service:
             mirror_enabled=self.mirror is not None,
             mirror_connected=bool(mirror_stats and mirror_stats.broker_up),
             last_publish_unix_s=self.last_publish_unix_s,
-            fds_open=self.open_fds,
-            fd_limit=self.fd_limit,
-            connections={name: limiter.connected for name, limiter in self.connections.items()},
+            fds_open=self.peers.open_fds,
+            fd_limit=self.peers.fd_limit,
+            connections=self.peers.connected_by_socket,
         )
         return reason is None, body
 
@@ -457,7 +363,8 @@ class Service:
         reject_limiter = RateLimiter(config.ingest.reject_log_interval_s, monotonic)
         rejected_logged = 0
         handshake_limiter = RateLimiter(config.curve.reject_log_interval_s, monotonic)
-        handshakes_logged = self._refusal_counts()
+        peers = self.peers
+        handshakes_logged = peers.refusal_counts(self.authenticator)
         stats_limiter = RateLimiter(STATS_INTERVAL_S, monotonic)
         stats_limiter.allow()
         housekeeping_limiter = RateLimiter(HOUSEKEEPING_INTERVAL_S, monotonic)
@@ -509,10 +416,10 @@ class Service:
             peers_changed = False
             for monitor, socket_name in self._monitors.items():
                 if monitor in ready:
-                    self._read_monitor(monitor, socket_name)
+                    peers.read_monitor(monitor, socket_name)
                     peers_changed = True
             if self._pub in ready:
-                self._read_subscriptions()
+                peers.read_subscriptions(self._pub)
                 peers_changed = True
             ingest_read = self._pull is not None and self._pull in ready
             if ingest_read:
@@ -525,22 +432,25 @@ class Service:
             housekeeping = housekeeping_limiter.allow()
             if housekeeping:
                 self._forget_sent_replies()
-                self._trim_heap_after_disconnects(now)
-                self._count_fds()
-                if self.open_fds > FD_WARNING_SHARE * self.fd_limit and fd_warning_limiter.allow():
+                peers.trim_heap_after_disconnects(now)
+                peers.count_fds()
+                if (
+                    peers.open_fds > FD_WARNING_SHARE * peers.fd_limit
+                    and fd_warning_limiter.allow()
+                ):
                     log.warning(
                         "%d of %d file descriptors in use; new connections will fail at the "
                         "limit (connections: %s)",
-                        self.open_fds,
-                        self.fd_limit,
-                        {name: limiter.connected for name, limiter in self.connections.items()},
+                        peers.open_fds,
+                        peers.fd_limit,
+                        peers.connected_by_socket,
                     )
             # The counters are compared only in passes that may have changed them (and once a
             # second for what other threads count): a quiet pass costs nothing here.
             if peers_changed or housekeeping:
-                refusals = self._refusal_counts()
+                refusals = peers.refusal_counts(self.authenticator)
                 if refusals != handshakes_logged and handshake_limiter.allow():
-                    self._log_refused_connections(handshakes_logged, refusals)
+                    log_refused_connections(handshakes_logged, refusals, self._curve is not None)
                     handshakes_logged = refusals
             if ingest_read or housekeeping:
                 rejected_total = sum(self.decoder.rejected_by_reason.values()) + sum(
@@ -623,106 +533,6 @@ class Service:
             ]
             self._replies_in_flight = held
             self.sync_inflight_bytes = sum(size for _tracker, size in held)
-
-    def _read_monitor(self, monitor: zmq.Socket, socket_name: str) -> None:
-        connections = self.connections[socket_name]
-        is_publisher = socket_name == "publisher"
-        for _ in range(MONITOR_EVENTS_PER_PASS):
-            try:
-                message = monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                event = parse_monitor_message(message)
-                kind, fd = event["event"], event["value"]
-                if kind == zmq.EVENT_ACCEPTED:
-                    if is_publisher:
-                        # A reused descriptor starts clean: subscriptions read after its last
-                        # owner's DISCONNECTED event were counted against it.
-                        self.subscriptions.disconnected(fd)
-                    connections.accepted(fd)
-                elif kind == zmq.EVENT_DISCONNECTED:
-                    if connections.disconnected(fd) and is_publisher:
-                        self.subscriptions.disconnected(fd)
-                        self._disconnects_since_trim += 1
-                elif kind & HANDSHAKE_FAILURES:
-                    self.rejected_handshakes[socket_name, HANDSHAKE_REJECT_REASONS[kind]] += 1
-                    if is_publisher:
-                        self.subscriber_handshake_failures += 1
-            except Exception as error:
-                self.guard.contained(WHERE_MONITOR, error, b"".join(message))
-
-    def _read_subscriptions(self) -> None:
-        """Account the subscriptions SUBs sent; a connection over a bound is closed."""
-        pub, observe = self._pub, self.subscriptions.observe
-        for _ in range(SUBSCRIPTIONS_PER_PASS):
-            try:
-                message = pub.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                observe(message.bytes, _source_fd(message))
-            except Exception as error:
-                self.guard.contained(WHERE_SUBSCRIPTION, error, message.bytes)
-
-    def _trim_heap_after_disconnects(self, now: float) -> None:
-        if (
-            self._trim_heap is None
-            or self._disconnects_since_trim < TRIM_AFTER_DISCONNECTS
-            or now - self._last_trim_at < TRIM_INTERVAL_S
-        ):
-            return
-        started = time.perf_counter()
-        self._trim_heap(0)
-        log.debug(
-            "returned free memory to the OS after %d disconnects in %.1f ms",
-            self._disconnects_since_trim,
-            (time.perf_counter() - started) * 1e3,
-        )
-        self._disconnects_since_trim = 0
-        self._last_trim_at = now
-
-    def _count_fds(self) -> None:
-        try:
-            self.open_fds = len(os.listdir(_FD_DIR))
-        except OSError:
-            self.open_fds = 0
-
-    def _refusal_counts(self) -> dict[str, int]:
-        """Refused handshakes and connections, by socket/reason, for the rate-limited log."""
-        counts = {
-            f"{name}/{reason}": count for (name, reason), count in self.rejected_handshakes.items()
-        }
-        for name, limiter in self.connections.items():
-            counts[f"{name}/{REFUSED_TOO_MANY_CONNECTIONS}"] = limiter.refused
-        for reason, count in self.subscriptions.refused_by_reason.items():
-            counts[f"publisher/{reason}"] = count
-        if self.authenticator is not None:
-            for domain, count in self.authenticator.refused_by_domain.items():
-                counts[f"{domain.removeprefix('feedsvc.')}/{REFUSED_NETWORK}"] = count
-        return counts
-
-    def _log_refused_connections(
-        self, logged_before: dict[str, int], counts: dict[str, int]
-    ) -> None:
-        since = {
-            key: count - logged_before.get(key, 0)
-            for key, count in counts.items()
-            if count != logged_before.get(key, 0)
-        }
-        hint = (
-            " (auth: key not in curve.authorized_keys; protocol: no Curve, wrong server key or "
-            "not ZeroMQ; other: the peer hung up mid-handshake, often for those same reasons)"
-            if self._curve is not None
-            else ""
-        )
-        log.warning(
-            "rejected %d connection handshakes or connections since last report, by socket/reason: "
-            "%s%s",
-            sum(since.values()),
-            since,
-            hint,
-        )
 
     def _reload_authorized_keys(self) -> None:
         if self._curve is None:
@@ -818,7 +628,7 @@ class Service:
                 "handshakes_completed": sync.completed_handshakes if sync else 0,
                 "rejected_by_reason": dict(sync.rejected_by_reason) if sync else {},
             },
-            "connections_refused": self._refusal_counts(),
+            "connections_refused": self.peers.refusal_counts(self.authenticator),
             "internal_errors": dict(self.guard.errors_by_where),
             "mirror": mirror,
         }

@@ -25,11 +25,10 @@ from prometheus_client.process_collector import ProcessCollector
 from feedsvc.server.access import (
     REFUSED_NETWORK,
     REFUSED_TOO_MANY_CONNECTIONS,
-    ConnectionLimiter,
     PeerAuthenticator,
-    SubscriptionLimiter,
     zap_domain,
 )
+from feedsvc.server.connections import PeerAccounting
 from feedsvc.server.guard import InputGuard
 from feedsvc.server.mirror import MirrorHandoff
 from feedsvc.server.observe.http import REJECT_REASONS, BoundedHttpServer, Response
@@ -45,16 +44,13 @@ class ServiceCounters(Protocol):
     heartbeats_sent: int
     ingested_by_source: dict[str, int]
     last_publish_unix_s: float
-    subscriber_handshake_failures: int
-    rejected_handshakes: dict[tuple[str, str], int]
     sync_inflight_bytes: int
     publisher: Publisher | None
     sync: SyncHandler | None
     mirror: MirrorHandoff | None
     guard: InputGuard
     authenticator: PeerAuthenticator | None
-    connections: dict[str, ConnectionLimiter]
-    subscriptions: SubscriptionLimiter
+    peers: PeerAccounting
 
     @property
     def rejected_by_reason(self) -> dict[str, int]: ...
@@ -136,7 +132,7 @@ class ServiceCollector:
         yield CounterMetricFamily(
             "feedsvc_subscriber_handshake_failures",
             "ZMTP handshakes with would-be subscribers that failed.",
-            value=service.subscriber_handshake_failures,
+            value=service.peers.subscriber_handshake_failures,
         )
         rejected_handshakes = CounterMetricFamily(
             "feedsvc_handshakes_rejected",
@@ -144,7 +140,7 @@ class ServiceCollector:
             "key not authorized; protocol: no Curve, wrong server key or not ZMTP; other).",
             labels=["socket", "reason"],
         )
-        for (socket_name, reason), count in service.rejected_handshakes.items():
+        for (socket_name, reason), count in service.peers.rejected_handshakes.items():
             rejected_handshakes.add_metric([socket_name, reason], count)
         yield rejected_handshakes
         # An info label, not a value: a float64 sample cannot hold a 19-digit epoch exactly.
@@ -186,23 +182,23 @@ class ServiceCollector:
             "feedsvc_connections", "Connections open now, by socket.", labels=["socket"]
         )
         refused_by_network = authenticator.refused_by_domain if authenticator else {}
-        for name, limiter in service.connections.items():
+        for name, limiter in service.peers.connections.items():
             refused.add_metric([name, REFUSED_TOO_MANY_CONNECTIONS], limiter.refused)
             refused.add_metric([name, REFUSED_NETWORK], refused_by_network.get(zap_domain(name), 0))
             connections.add_metric([name], limiter.connected)
-        for reason, count in service.subscriptions.refused_by_reason.items():
+        for reason, count in service.peers.subscriptions.refused_by_reason.items():
             refused.add_metric(["publisher", reason], count)
         yield refused
         yield connections
         yield GaugeMetricFamily(
             "feedsvc_subscriptions",
             "Subscriptions subscribers hold now (each connection's, duplicates included).",
-            value=service.subscriptions.total,
+            value=service.peers.subscriptions.total,
         )
         yield GaugeMetricFamily(
             "feedsvc_subscription_bytes",
             "Bytes of the distinct subscription prefixes held now.",
-            value=service.subscriptions.distinct_bytes,
+            value=service.peers.subscriptions.distinct_bytes,
         )
         publisher = service.publisher
         yield GaugeMetricFamily(
