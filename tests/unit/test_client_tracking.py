@@ -205,9 +205,13 @@ def test_conflator_keeps_the_newest_tick_per_symbol_in_order_of_first_arrival() 
         conflator.offer(make_tick(symbol, seq))
     assert len(conflator) == 3
     assert conflator.conflated == 2
-    taken = [conflator.take() for _ in range(3)]
-    assert [(tick["sym"], tick["seq"]) for tick in taken] == [("AAPL", 2), ("MSFT", 2), ("IBM", 1)]
-    assert conflator.take() is None
+    taken = [conflator.take_entry() for _ in range(3)]
+    assert [(tick["sym"], tick["seq"]) for tick, _ in taken] == [
+        ("AAPL", 2),
+        ("MSFT", 2),
+        ("IBM", 1),
+    ]
+    assert conflator.take_entry() is None
 
 
 def test_conflator_holds_raw_frames_and_counts_the_unchecked_ones_replaced() -> None:
@@ -247,9 +251,9 @@ def test_conflator_queues_a_taken_symbol_behind_those_still_waiting() -> None:
     conflator = Conflator()
     conflator.offer(make_tick("AAPL", 1))
     conflator.offer(make_tick("MSFT", 1))
-    assert conflator.take()["sym"] == "AAPL"
+    assert conflator.take_entry()[0]["sym"] == "AAPL"
     conflator.offer(make_tick("AAPL", 2))
-    assert [conflator.take()["sym"], conflator.take()["sym"]] == ["MSFT", "AAPL"]
+    assert [conflator.take_entry()[0]["sym"], conflator.take_entry()[0]["sym"]] == ["MSFT", "AAPL"]
     assert conflator.conflated == 0
 
 
