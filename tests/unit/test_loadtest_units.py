@@ -7,19 +7,16 @@ from typing import Any
 
 import pytest
 
-from feedsvc.bench import loadtest
-from feedsvc.bench.loadtest import (
-    NS_PER_S,
-    LatencyRecorder,
-    MeasuredWindow,
+from feedsvc.bench import latency
+from feedsvc.bench.latency import NS_PER_S, LatencyRecorder, latency_percentiles
+from feedsvc.bench.loadtest.analysis import (
     burst_figures,
-    latency_percentiles,
-    measurement_start,
     mirror_figures,
     over_time,
     step_sustained,
     step_targets,
 )
+from feedsvc.bench.loadtest.window import MeasuredWindow, measurement_start
 from feedsvc.server.pacing import BurstSchedule, RatePacer
 
 
@@ -137,7 +134,7 @@ def test_latency_recorder_files_ticks_under_their_receive_second(
     if hdr:
         pytest.importorskip("hdrh")
     else:
-        monkeypatch.setattr(loadtest, "_hdr_available", lambda: False)
+        monkeypatch.setattr(latency, "hdr_available", lambda: False)
     recorder = LatencyRecorder()
     for received_s, latency_us in ((100, 10), (100, 30), (101, 20), (102, 40), (102, 50)):
         received_ns = received_s * NS_PER_S + 500_000_000
@@ -181,7 +178,7 @@ def test_over_time_and_burst_figures_per_measured_second() -> None:
 
 def test_plots_from_a_report(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from feedsvc.bench.loadtest_plot import write_plots
+    from feedsvc.bench.loadtest.plots import write_plots
 
     latency = {"p50": 50, "p99": 90, "p999": 120, "max": 200, "count": 10}
     settings = {

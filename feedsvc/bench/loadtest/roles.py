@@ -1,0 +1,295 @@
+"""The hidden worker roles of `feedsvc loadtest`, each a process of its own (no GIL shared with the
+publisher): a `feedsvc.client.Subscriber`, the raw pyzmq baseline publisher and a raw SUB.
+
+The orchestrator runs them as ``python -m feedsvc.bench.loadtest --role=...``. A subscriber
+prints ``ready`` on stdout at its first tick and, after SIGTERM, one JSON line of what it saw;
+the raw publisher writes a summary file shaped like `feedsvc serve --summary-file`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import zmq
+
+from feedsvc.bench.latency import LatencyRecorder
+from feedsvc.bench.sequence import SequenceGaps
+from feedsvc.client import Subscriber
+from feedsvc.curve import CurveClientKeys, create_key_pair, load_key_pair
+from feedsvc.curve import connect as curve_connect
+from feedsvc.server.pacing import BurstSchedule, RatePacer
+from feedsvc.server.synthetic import synthetic_symbols
+
+# With --rate 0 the slow subscribers read at the fraction of this assumed rate.
+UNPACED_RATE_ESTIMATE: Final = 100_000
+RAW_FRAME_BYTES: Final = 100
+RAW_HWM: Final = 10_000
+READY_LINE: Final = b"ready"
+# With --curve: the throwaway keys in the curve folder (see make_curve_keys).
+SERVER_KEY_NAME: Final = "server"
+CLIENT_KEY_NAME: Final = "client"
+# Raw frames carry no epoch: the baseline publisher never restarts within a run.
+RAW_EPOCH: Final = 0
+
+
+class TsSpan:
+    """The publisher's ts of the first and last tick a subscriber saw."""
+
+    def __init__(self) -> None:
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+
+    def observe(self, ts: int) -> None:
+        if self.first_ts is None:
+            self.first_ts = ts
+        self.last_ts = ts
+
+
+def span_summary(sequence: SequenceGaps, span: TsSpan) -> dict[str, Any]:
+    """What a subscriber's seq and ts spans say: ticks published for the symbols it saw between
+    the first and last seq it saw of each, over how long, and its last seq per symbol (for
+    `behind_at_stop`)."""
+    published = sequence.published_in_span
+    span_s = None
+    if span.first_ts is not None and span.last_ts is not None:
+        span_s = (span.last_ts - span.first_ts) / 1e9
+    return {
+        "published_in_span": published,
+        "symbols_seen": len(sequence.first_seq),
+        "span_s": span_s,
+        "publish_rate": published / span_s if span_s else None,
+        "last_seq_by_symbol": dict(sequence.last_seq),
+    }
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[Callable[[], bool]]:
+    stop = False
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield lambda: stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _slow_interval_s(args: argparse.Namespace) -> float:
+    rate = args.rate if args.rate > 0 else UNPACED_RATE_ESTIMATE
+    return 1.0 / (rate * args.slow_fraction)
+
+
+def _announce_ready() -> None:
+    sys.stdout.buffer.write(READY_LINE + b"\n")
+    sys.stdout.flush()
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+    sys.stdout.flush()
+
+
+def make_curve_keys(directory: Path) -> None:
+    """A server pair and one client pair, the client's public key alone in authorized/."""
+    create_key_pair(directory, SERVER_KEY_NAME)
+    client_public, _ = create_key_pair(directory, CLIENT_KEY_NAME)
+    (directory / "authorized").mkdir()
+    shutil.copy(client_public, directory / "authorized")
+
+
+def client_keys(curve_dir: Path | None) -> CurveClientKeys | None:
+    if curve_dir is None:
+        return None
+    return CurveClientKeys.from_files(
+        curve_dir / f"{SERVER_KEY_NAME}.key", curve_dir / f"{CLIENT_KEY_NAME}.key_secret"
+    )
+
+
+def run_feedsvc_subscriber(args: argparse.Namespace) -> int:
+    """Hidden role: a `Subscriber` to every synthetic symbol; prints one JSON result on stdout."""
+    latencies, sequence, span = LatencyRecorder(), SequenceGaps(), TsSpan()
+    record, observe_seq, observe_ts, now_ns = (
+        latencies.record,
+        sequence.observe,
+        span.observe,
+        time.time_ns,
+    )
+    interval_s = _slow_interval_s(args) if args.slow_role else 0.0
+    received = 0
+    with (
+        _stop_on_sigterm() as stopped,
+        Subscriber(
+            args.endpoint,
+            symbols=synthetic_symbols(args.symbols),
+            curve=client_keys(args.curve_dir),
+        ) as subscriber,
+    ):
+        next_read = time.monotonic()
+        while not stopped():
+            tick = subscriber.recv(timeout=0.2)
+            if tick is None:
+                continue
+            if received == 0:
+                _announce_ready()
+            received += 1
+            record(now_ns(), tick["ts"])
+            # Gaps are the client's own figures (below); this tracker gives the seq span.
+            observe_seq(tick["sym"], tick["epoch"], tick["seq"])
+            observe_ts(tick["ts"])
+            if interval_s:
+                next_read += interval_s
+                pause = next_read - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+        stats = subscriber.stats
+        result = {
+            "received": received,
+            "missed": stats.missed,
+            "gaps": stats.gaps,
+            "duplicates": stats.duplicates,
+            **span_summary(sequence, span),
+            "latency_by_second": latencies.dump(),
+        }
+    _print_result(result)
+    return 0
+
+
+def raw_frame_prefixes(symbol_count: int) -> list[bytes]:
+    """The baseline's pre-encoded topics (``b"SYM "``), one per synthetic symbol."""
+    return [symbol.encode() + b" " for symbol in synthetic_symbols(symbol_count)]
+
+
+def run_raw_publisher(args: argparse.Namespace) -> int:
+    """Hidden role: the baseline PUB, paced like the synthetic feed (bursts included); runs
+    until SIGTERM."""
+    prefixes = raw_frame_prefixes(args.symbols)
+    # Fixed widths: seq 10 digits, ts 19 digits, then padding to RAW_FRAME_BYTES.
+    padding = [b" " + b"." * (RAW_FRAME_BYTES - len(p) - 31) for p in prefixes]
+    seq_by_index = [0] * len(prefixes)
+    context = zmq.Context(io_threads=1)
+    socket = context.socket(zmq.PUB)
+    socket.setsockopt(zmq.SNDHWM, RAW_HWM)
+    socket.setsockopt(zmq.LINGER, 0)
+    if args.curve_dir is not None:
+        # Curve without an allow-list check: the encryption is the cost being compared.
+        public, secret = load_key_pair(args.curve_dir / f"{SERVER_KEY_NAME}.key_secret")
+        socket.curve_publickey, socket.curve_secretkey = public, secret
+        socket.curve_server = True
+    socket.bind(args.endpoint)
+    send, now_ns, monotonic = socket.send, time.time_ns, time.monotonic
+    bursts = (
+        BurstSchedule(args.burst_rate, args.burst_every, args.burst_duration)
+        if args.burst_rate
+        else None
+    )
+    start = monotonic()
+    pacer = RatePacer(args.rate, start, bursts=bursts, unix_offset_s=time.time() - start)
+    index, count, sent = 0, len(prefixes), 0
+    try:
+        with _stop_on_sigterm() as stopped:
+            while not stopped():
+                due = pacer.due(monotonic())
+                for _ in range(due):
+                    seq = seq_by_index[index] + 1
+                    seq_by_index[index] = seq
+                    send(b"%s%010d %019d%s" % (prefixes[index], seq, now_ns(), padding[index]))
+                    index = index + 1 if index + 1 < count else 0
+                sent += due
+                if not due:
+                    time.sleep(min(0.001, pacer.seconds_until_next(monotonic())))
+    finally:
+        socket.close(linger=0)
+        context.term()
+    # The same shape as `feedsvc serve --summary-file`, so both runs are read the same way.
+    summary = {"published": sent, "mirror": {"enabled": False}}
+    args.summary_file.write_bytes(orjson.dumps(summary))
+    return 0
+
+
+def run_raw_subscriber(args: argparse.Namespace) -> int:
+    """Hidden role: a raw SUB to everything; gaps counted from the embedded per-symbol seq."""
+    latencies, sequence, span = LatencyRecorder(), SequenceGaps(), TsSpan()
+    record, observe_seq, observe_ts, now_ns = (
+        latencies.record,
+        sequence.observe,
+        span.observe,
+        time.time_ns,
+    )
+    interval_s = _slow_interval_s(args) if args.slow_role else 0.0
+    received = 0
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.RCVHWM, RAW_HWM)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SUBSCRIBE, b"")
+    curve_connect(socket, args.endpoint, client_keys(args.curve_dir))
+    try:
+        with _stop_on_sigterm() as stopped:
+            next_read = time.monotonic()
+            while not stopped():
+                if not socket.poll(200):
+                    continue
+                frame = socket.recv()
+                topic, seq_text, ts_text, _ = frame.split(b" ", 3)
+                ts = int(ts_text)
+                if received == 0:
+                    _announce_ready()
+                received += 1
+                record(now_ns(), ts)
+                observe_seq(topic.decode(), RAW_EPOCH, int(seq_text))
+                observe_ts(ts)
+                if interval_s:
+                    next_read += interval_s
+                    pause = next_read - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+    finally:
+        socket.close(linger=0)
+        context.term()
+    result = {
+        "received": received,
+        "missed": sequence.missed,
+        "gaps": sequence.gaps,
+        "duplicates": sequence.backwards,
+        **span_summary(sequence, span),
+        "latency_by_second": latencies.dump(),
+    }
+    _print_result(result)
+    return 0
+
+
+ROLES: Final = {
+    "feedsvc-subscriber": run_feedsvc_subscriber,
+    "raw-subscriber": run_raw_subscriber,
+    "raw-publisher": run_raw_publisher,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Hidden roles, run by the orchestrator as `python -m feedsvc.bench.loadtest --role=...`."""
+    parser = argparse.ArgumentParser(description="feedsvc loadtest worker (internal)")
+    parser.add_argument("--role", choices=tuple(ROLES), required=True)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--symbols", type=int, default=50)
+    parser.add_argument("--slow-fraction", type=float, default=0.01)
+    parser.add_argument("--slow-role", action="store_true")
+    parser.add_argument("--burst-rate", type=float, default=0.0)
+    parser.add_argument("--burst-every", type=float, default=60.0)
+    parser.add_argument("--burst-duration", type=float, default=5.0)
+    parser.add_argument("--curve-dir", type=Path, default=None)
+    parser.add_argument("--summary-file", type=Path, default=None)
+    args = parser.parse_args(argv)
+    return ROLES[args.role](args)
