@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from feedsvc.cli import EXIT_USAGE
 from feedsvc.client import DEFAULT_SYNC_TIMEOUT_S, Subscriber, SyncError
 from feedsvc.client.metrics import SubscriberMetrics
 from feedsvc.curve import CurveClientKeys
@@ -40,7 +41,6 @@ RECV_TIMEOUT_S: Final = 0.1
 FLUSH_INTERVAL_S: Final = 0.25
 TABLE_REFRESH_S: Final = 0.25
 EXIT_SYNC_FAILED: Final = 1
-EXIT_USAGE: Final = 2
 
 
 def _positive_int(text: str) -> int:
