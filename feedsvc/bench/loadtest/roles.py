@@ -41,34 +41,61 @@ CLIENT_KEY_NAME: Final = "client"
 RAW_EPOCH: Final = 0
 
 
-class TsSpan:
-    """The publisher's ts of the first and last tick a subscriber saw."""
+class SubscriberLog:
+    """What a subscriber role saw: latency per receive second, per-symbol seq spans and gaps
+    (`SequenceGaps`), and the publisher's ts of its first and last tick. A slow role's
+    `pace` sleeps so that it reads at `read_interval_s` per tick."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_interval_s: float = 0.0) -> None:
+        self.latencies = LatencyRecorder()
+        self.sequence = SequenceGaps()
+        self.received = 0
         self.first_ts: int | None = None
         self.last_ts: int | None = None
+        self.read_interval_s = read_interval_s
+        self._next_read = time.monotonic()
 
-    def observe(self, ts: int) -> None:
+    def observe(self, received_ns: int, symbol: str, epoch: int, seq: int, ts: int) -> None:
+        """One tick, received at `received_ns` (Unix ns), stamped `ts` by the publisher."""
+        self.latencies.record(received_ns, ts)
+        self.sequence.observe(symbol, epoch, seq)
         if self.first_ts is None:
             self.first_ts = ts
         self.last_ts = ts
+        self.received += 1
 
+    def pace(self) -> None:
+        if self.read_interval_s:
+            self._next_read += self.read_interval_s
+            pause = self._next_read - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
 
-def span_summary(sequence: SequenceGaps, span: TsSpan) -> dict[str, Any]:
-    """What a subscriber's seq and ts spans say: ticks published for the symbols it saw between
-    the first and last seq it saw of each, over how long, and its last seq per symbol (for
-    `behind_at_stop`)."""
-    published = sequence.published_in_span
-    span_s = None
-    if span.first_ts is not None and span.last_ts is not None:
-        span_s = (span.last_ts - span.first_ts) / 1e9
-    return {
-        "published_in_span": published,
-        "symbols_seen": len(sequence.first_seq),
-        "span_s": span_s,
-        "publish_rate": published / span_s if span_s else None,
-        "last_seq_by_symbol": dict(sequence.last_seq),
-    }
+    def span_figures(self) -> dict[str, Any]:
+        """Ticks published for the symbols seen between the first and last seq seen of each,
+        over how long (publisher ts), and the last seq per symbol (for `behind_at_stop`)."""
+        published = self.sequence.published_in_span
+        span_s = None
+        if self.first_ts is not None and self.last_ts is not None:
+            span_s = (self.last_ts - self.first_ts) / 1e9
+        return {
+            "published_in_span": published,
+            "symbols_seen": len(self.sequence.first_seq),
+            "span_s": span_s,
+            "publish_rate": published / span_s if span_s else None,
+            "last_seq_by_symbol": dict(self.sequence.last_seq),
+        }
+
+    def result(self, missed: int, gaps: int, duplicates: int) -> dict[str, Any]:
+        """The role's JSON result for the orchestrator (`analysis.summarize` reads it)."""
+        return {
+            "received": self.received,
+            "missed": missed,
+            "gaps": gaps,
+            "duplicates": duplicates,
+            **self.span_figures(),
+            "latency_by_second": self.latencies.dump(),
+        }
 
 
 @contextmanager
@@ -86,7 +113,10 @@ def _stop_on_sigterm() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _slow_interval_s(args: argparse.Namespace) -> float:
+def _read_interval_s(args: argparse.Namespace) -> float:
+    """Seconds between two reads: 0 (as fast as it can) unless it is a slow role."""
+    if not args.slow_role:
+        return 0.0
     rate = args.rate if args.rate > 0 else UNPACED_RATE_ESTIMATE
     return 1.0 / (rate * args.slow_fraction)
 
@@ -119,15 +149,8 @@ def client_keys(curve_dir: Path | None) -> CurveClientKeys | None:
 
 def run_feedsvc_subscriber(args: argparse.Namespace) -> int:
     """Hidden role: a `Subscriber` to every synthetic symbol; prints one JSON result on stdout."""
-    latencies, sequence, span = LatencyRecorder(), SequenceGaps(), TsSpan()
-    record, observe_seq, observe_ts, now_ns = (
-        latencies.record,
-        sequence.observe,
-        span.observe,
-        time.time_ns,
-    )
-    interval_s = _slow_interval_s(args) if args.slow_role else 0.0
-    received = 0
+    log = SubscriberLog(_read_interval_s(args))
+    observe, pace, now_ns = log.observe, log.pace, time.time_ns
     with (
         _stop_on_sigterm() as stopped,
         Subscriber(
@@ -136,32 +159,17 @@ def run_feedsvc_subscriber(args: argparse.Namespace) -> int:
             curve=client_keys(args.curve_dir),
         ) as subscriber,
     ):
-        next_read = time.monotonic()
         while not stopped():
             tick = subscriber.recv(timeout=0.2)
             if tick is None:
                 continue
-            if received == 0:
+            if not log.received:
                 _announce_ready()
-            received += 1
-            record(now_ns(), tick["ts"])
-            # Gaps are the client's own figures (below); this tracker gives the seq span.
-            observe_seq(tick["sym"], tick["epoch"], tick["seq"])
-            observe_ts(tick["ts"])
-            if interval_s:
-                next_read += interval_s
-                pause = next_read - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
+            observe(now_ns(), tick["sym"], tick["epoch"], tick["seq"], tick["ts"])
+            pace()
+        # Gaps are the client's own figures: what a user of feedsvc.client would be told.
         stats = subscriber.stats
-        result = {
-            "received": received,
-            "missed": stats.missed,
-            "gaps": stats.gaps,
-            "duplicates": stats.duplicates,
-            **span_summary(sequence, span),
-            "latency_by_second": latencies.dump(),
-        }
+        result = log.result(stats.missed, stats.gaps, stats.duplicates)
     _print_result(result)
     return 0
 
@@ -220,15 +228,8 @@ def run_raw_publisher(args: argparse.Namespace) -> int:
 
 def run_raw_subscriber(args: argparse.Namespace) -> int:
     """Hidden role: a raw SUB to everything; gaps counted from the embedded per-symbol seq."""
-    latencies, sequence, span = LatencyRecorder(), SequenceGaps(), TsSpan()
-    record, observe_seq, observe_ts, now_ns = (
-        latencies.record,
-        sequence.observe,
-        span.observe,
-        time.time_ns,
-    )
-    interval_s = _slow_interval_s(args) if args.slow_role else 0.0
-    received = 0
+    log = SubscriberLog(_read_interval_s(args))
+    observe, pace, now_ns = log.observe, log.pace, time.time_ns
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.RCVHWM, RAW_HWM)
@@ -237,36 +238,19 @@ def run_raw_subscriber(args: argparse.Namespace) -> int:
     curve_connect(socket, args.endpoint, client_keys(args.curve_dir))
     try:
         with _stop_on_sigterm() as stopped:
-            next_read = time.monotonic()
             while not stopped():
                 if not socket.poll(200):
                     continue
-                frame = socket.recv()
-                topic, seq_text, ts_text, _ = frame.split(b" ", 3)
-                ts = int(ts_text)
-                if received == 0:
+                topic, seq_text, ts_text, _ = socket.recv().split(b" ", 3)
+                if not log.received:
                     _announce_ready()
-                received += 1
-                record(now_ns(), ts)
-                observe_seq(topic.decode(), RAW_EPOCH, int(seq_text))
-                observe_ts(ts)
-                if interval_s:
-                    next_read += interval_s
-                    pause = next_read - time.monotonic()
-                    if pause > 0:
-                        time.sleep(pause)
+                observe(now_ns(), topic.decode(), RAW_EPOCH, int(seq_text), int(ts_text))
+                pace()
     finally:
         socket.close(linger=0)
         context.term()
-    result = {
-        "received": received,
-        "missed": sequence.missed,
-        "gaps": sequence.gaps,
-        "duplicates": sequence.backwards,
-        **span_summary(sequence, span),
-        "latency_by_second": latencies.dump(),
-    }
-    _print_result(result)
+    sequence = log.sequence
+    _print_result(log.result(sequence.missed, sequence.gaps, sequence.backwards))
     return 0
 
 
