@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from feedsvc.bench import hostile
+from feedsvc.bench.procs import RssSampler, free_tcp_ports
 from tests.conftest import ServeProcess, http_get, metric_samples, serve_settings
 
 Serve = Callable[..., ServeProcess]
@@ -32,7 +33,7 @@ class Attacked:
     """A serve process with all four endpoints on loopback tcp, its victim and its RSS sampler."""
 
     def __init__(self, serve: Serve, *extra: str) -> None:
-        ports = [hostile.free_tcp_port() for _ in range(4)]
+        ports = free_tcp_ports(4)
         self.endpoints = hostile.Endpoints(
             publisher=f"tcp://127.0.0.1:{ports[0]}",
             ingest=f"tcp://127.0.0.1:{ports[1]}",
@@ -50,7 +51,7 @@ class Attacked:
             *extra,
         )
         self.victim = hostile.Victim(self.endpoints.publisher)
-        self.rss = hostile.RssSampler(self.process.popen.pid, 0.2)
+        self.rss = RssSampler(self.process.popen.pid, 0.2)
 
     def start(self) -> None:
         self.rss.start()

@@ -9,14 +9,10 @@ import orjson
 import pytest
 
 from feedsvc.bench import hostile
-from feedsvc.bench.hostile import (
-    AttackTally,
-    SequenceGaps,
-    count_gaps,
-    longest_gap,
-    parse_proc_status,
-    percentiles,
-)
+from feedsvc.bench.hostile import AttackTally, longest_gap
+from feedsvc.bench.latency import percentiles
+from feedsvc.bench.procs import parse_proc_status
+from feedsvc.bench.sequence import SequenceGaps, count_gaps
 
 EPOCH = 1_795_427_742_012_345_678
 
