@@ -15,12 +15,12 @@ from pathlib import Path
 import hypothesis
 import pytest
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from feedsvc.bench.kafka import PROJECT_ROOT, BrokerError, KafkaBroker
 from feedsvc.bench.procs import ServeProcess, free_tcp_port
+from feedsvc.bench.scrape import metric_samples
 
-__all__ = ["PROJECT_ROOT", "KafkaBroker", "ServeProcess", "free_tcp_port"]
+__all__ = ["PROJECT_ROOT", "KafkaBroker", "ServeProcess", "free_tcp_port", "metric_samples"]
 SCHEMAS = PROJECT_ROOT / "schemas"
 
 
@@ -125,16 +125,6 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def metric_samples(text: bytes) -> dict[str, float]:
-    """name{labels} -> value, for every sample in an exposition (labels sorted by name)."""
-    samples = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 @pytest.fixture(scope="session")
