@@ -52,17 +52,17 @@ class LatencyRecorder:
     def count(self) -> int:
         return sum(len(values) for values in self.values_by_second.values())
 
-    def dump(self, per_second: bool = True) -> dict[str, dict[str, Any]]:
+    def dump(self, per_second: bool = True, hdr: bool | None = None) -> dict[str, dict[str, Any]]:
         """JSON-able form for the orchestrator: per second (as text; "all" when not
-        `per_second`), the count and an encoded HdrHistogram (us) if hdrh is installed, else
-        the raw values (us)."""
+        `per_second`), the count and an encoded HdrHistogram (us) if `hdr` (default: if hdrh
+        is installed), else the raw values (us)."""
         groups: dict[str, Iterable[int]]
         if per_second:
             groups = {str(second): values for second, values in self.values_by_second.items()}
         else:
             groups = {"all": (v for values in self.values_by_second.values() for v in values)}
         dumps: dict[str, dict[str, Any]] = {}
-        if not hdr_available():
+        if not (hdr_available() if hdr is None else hdr):
             for key, values in groups.items():
                 raw = [_clamped_us(value) for value in values]
                 dumps[key] = {"count": len(raw), "raw": raw}

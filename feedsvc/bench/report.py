@@ -8,7 +8,7 @@ import platform
 import re
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,17 @@ def machine_facts() -> dict[str, Any]:
         "orjson": orjson.__version__,
         "load_average_1m_at_start": os.getloadavg()[0],
     }
+
+
+def machine_lines(facts: Mapping[str, Any]) -> list[str]:
+    """A report's header about the machine (`machine_facts`): CPUs, platform, versions, load."""
+    return [
+        f"machine: {facts['cpu_count']} CPUs ({facts['cpus_usable']} usable), {facts['cpu_model']}",
+        f"         {facts['platform']}",
+        f"         {facts['python']}, pyzmq {facts['pyzmq']}, libzmq {facts['libzmq']}, "
+        f"orjson {facts['orjson']}; load average (1 min) at start "
+        f"{facts['load_average_1m_at_start']:.2f}",
+    ]
 
 
 def median(values: Iterable[float | None]) -> float | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from feedsvc.bench import report
 from feedsvc.bench.scenarios import publish, publish_report, publish_roles
 from feedsvc.protocol.ticks import HEARTBEAT_TOPIC, encode_frame
 
@@ -140,3 +141,11 @@ def test_serve_settings_put_extra_settings_last_so_they_override() -> None:
 def test_invalid_options_are_refused_before_anything_starts() -> None:
     assert publish.main(["--duration", "0"]) == 2
     assert publish.main(["--repeats", "0"]) == 2
+
+
+def test_report_header_names_the_machine_versions_and_load() -> None:
+    facts = {**report.machine_facts(), "load_average_1m_at_start": 1.234}
+    lines = report.machine_lines(facts)
+    assert lines[0].startswith(f"machine: {facts['cpu_count']} CPUs")
+    assert f"pyzmq {facts['pyzmq']}" in lines[2]
+    assert lines[2].endswith("load average (1 min) at start 1.23")

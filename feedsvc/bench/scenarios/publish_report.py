@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any, Final
 
-from feedsvc.bench.report import cores, fraction, median, rate, ratio, spread
+from feedsvc.bench.report import cores, fraction, machine_lines, median, rate, ratio, spread
 from feedsvc.bench.scenarios.publish_roles import RING_SIZE
 
 TARGET_RATIO: Final = 0.5
@@ -211,15 +211,7 @@ def _ratio_text(value: float | None) -> str:
 def print_report(figures: dict[str, Any]) -> None:
     """The table on stdout, from `build_figures`' document."""
     facts, settings, summary = figures["machine"], figures["settings"], figures["summary"]
-    print(
-        f"machine: {facts['cpu_count']} CPUs ({facts['cpus_usable']} usable), {facts['cpu_model']}"
-    )
-    print(f"         {facts['platform']}")
-    print(
-        f"         {facts['python']}, pyzmq {facts['pyzmq']}, libzmq {facts['libzmq']}, "
-        f"orjson {facts['orjson']}; "
-        f"load average (1 min) at start {facts['load_average_1m_at_start']:.2f}"
-    )
+    print("\n".join(machine_lines(facts)))
     print(
         f"settings: {settings['duration_s']:g} s window after {settings['warmup_s']:g} s warm-up, "
         f"{settings['repeats']} repeats (alternating), {settings['symbols']} symbols, ipc, "
