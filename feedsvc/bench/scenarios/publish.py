@@ -57,7 +57,6 @@ from feedsvc.bench.procs import (
     ProcessError,
     ServeProcess,
     log_tail,
-    process_cpu_seconds,
     stop_process,
 )
 from feedsvc.bench.report import (
@@ -65,15 +64,12 @@ from feedsvc.bench.report import (
     cores,
     fraction,
     machine_facts,
-    median,
     rate,
     write_json,
 )
 from feedsvc.bench.scenarios.publish_report import (
     KINDS,
-    NOISY_SPREAD,
     build_figures,
-    count_at,
     print_report,
     summarize,
 )
@@ -93,28 +89,6 @@ ROLE_MODULE: Final = "feedsvc.bench.scenarios.publish"
 FINISH_MARGIN_S: Final = 30.0
 
 progress = Progress("bench_publish")
-
-# The _ names are what scripts/bench_mirror.py imports from the old script under those names;
-# they go once it imports feedsvc.bench.report and this module's public names instead.
-__all__ = [
-    "DEFAULT_HWM",
-    "NOISY_SPREAD",
-    "SNDBUF_BYTES",
-    "BenchError",
-    "_cores",
-    "_count_at",
-    "_fraction",
-    "_median",
-    "_rate",
-    "build_parser",
-    "machine_facts",
-    "main",
-    "measure",
-    "process_cpu_seconds",
-    "run_log_path",
-    "serve_settings",
-]
-_cores, _fraction, _median, _rate, _count_at = cores, fraction, median, rate, count_at
 
 
 class BenchError(ProcessError):
