@@ -84,7 +84,9 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 
 def write_json(path: Path, document: Any) -> None:
-    """Write `document` whole or not at all (a reader never sees half a report)."""
+    """Write `document` whole or not at all (a reader never sees half a report), making the
+    folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
     partial.replace(path)

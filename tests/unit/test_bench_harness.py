@@ -115,6 +115,6 @@ def test_report_statistics_ignore_unknown_values(tmp_path: Path) -> None:
     assert report.spread([90.0, 100.0, 110.0]) == pytest.approx(0.2)
     assert report.ratio(50.0, 100.0) == 0.5
     assert report.ratio(1.0, 0.0) is None
-    path = tmp_path / "r.json"
+    path = tmp_path / "new folder" / "r.json"
     report.write_json(path, {"a": 1})
     assert path.read_text() == '{\n  "a": 1\n}\n'

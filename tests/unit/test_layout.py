@@ -32,3 +32,15 @@ def test_the_config_reads_no_key_files() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
     ).stdout.split()
     assert "feedsvc.config" in loaded and "feedsvc.curve" not in loaded
+
+
+def test_documented_import_paths_keep_working() -> None:
+    import feedsvc.client
+    from feedsvc.client.metrics import SubscriberMetrics
+    from feedsvc.client_metrics import SubscriberMetrics as SubscriberMetricsOldName
+
+    assert SubscriberMetricsOldName is SubscriberMetrics
+    assert {"Subscriber", "AsyncSubscriber", "Gap", "Restart", "SyncError"} <= set(
+        feedsvc.client.__all__
+    )
+    assert all(getattr(feedsvc.client, name) is not None for name in feedsvc.client.__all__)

@@ -127,7 +127,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     shutil.rmtree(workdir)
     print_table(report)
     if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.report, report)
         print(f"report written to {args.report}", file=sys.stderr)
     if args.plot is not None:

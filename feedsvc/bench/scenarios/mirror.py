@@ -177,7 +177,6 @@ def run_benchmark(options: argparse.Namespace) -> int:
             plot_outage(outage, options.plot, progress)
     figures["load_average_1m_at_end"] = os.getloadavg()[0]
     if options.json:
-        options.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(options.json, figures)
         print(f"figures written to {options.json}")
     return 0

@@ -320,7 +320,6 @@ def run_benchmark(options: argparse.Namespace) -> int:
     figures = build_figures(facts, _settings(options), runs)
     print_report(figures)
     if options.json:
-        options.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(options.json, figures)
         print(f"figures written to {options.json}")
     return 0

@@ -313,7 +313,6 @@ def run_benchmark(options: argparse.Namespace) -> int:
     print_report(facts, settings, phases, targets)
     shutil.rmtree(workdir, ignore_errors=True)
     if options.json:
-        options.json.parent.mkdir(parents=True, exist_ok=True)
         figures = {
             "machine": facts,
             "settings": settings,
