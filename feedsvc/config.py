@@ -517,4 +517,3 @@ def _load_raw(path: Path | None, overrides: Iterable[str]) -> dict[str, Any]:
             section = nested
         section[keys[-1]] = value
     return raw
-
