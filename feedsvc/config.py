@@ -270,7 +270,25 @@ class KafkaConfig:
     # Used when feedsvc creates the topic (an existing topic is left as it is).
     partitions: int = _setting(6, minimum=1, maximum=10_000)
     replication_factor: int = _setting(1, minimum=1, maximum=32)
+    # A write is acknowledged once this many replicas have it (the topics' min.insync.replicas):
+    # with replication 3, 2 keeps the audit writable with one broker down and durable past it.
+    min_insync_replicas: int = _setting(1, minimum=1, maximum=32)
     retention_ms: int = _setting(604_800_000, minimum=-1)
+    # The companion topic of checkpoint records (docs/audit-trail.md); "" = <topic>.checkpoints.
+    checkpoint_topic: str = _setting("")
+    # The mirror's Kafka transactional.id, stable per service instance so that a restarted
+    # mirror fences its predecessor; "" = feedsvc-<host name>-<topic>. Two services writing the
+    # same topic need different ids.
+    transactional_id: str = _setting("")
+    # A transaction (ticks plus a checkpoint) is committed this often, or after this many ticks:
+    # a read_committed reader sees ticks this much later; a crash re-sends at most this much.
+    transaction_interval_ms: float = _setting(200.0, minimum=10.0, maximum=60_000)
+    transaction_max_ticks: int = _setting(50_000, minimum=1, maximum=10_000_000)
+    # Batches handed to the mirror but not yet committed are kept for a restarted mirror; past
+    # this many bytes new batches are dropped (counted), the hot path never waits.
+    max_retained_bytes: int = _setting(256 * 1024 * 1024, minimum=1024 * 1024)
+    # A dead mirror process is restarted after 0.5 s, doubling up to this.
+    restart_backoff_max_s: float = _setting(30.0, minimum=0.5, maximum=3_600)
     # Ticks librdkafka holds while Kafka is slow or down (queue.buffering.max.messages).
     max_buffered_ticks: int = _setting(2_000_000, minimum=1_000, maximum=2_147_483_647)
     # A tick not acknowledged within this long is counted as failed (message.timeout.ms).
@@ -291,6 +309,14 @@ class KafkaConfig:
     # librdkafka producer settings passed through (security, tuning), e.g. {"linger.ms": 50};
     # a value "${env:NAME}" or "${file:PATH}" is read from there when the producer starts.
     producer: dict[str, Any] = _setting({}, check=_check_producer_settings)
+
+    def __post_init__(self) -> None:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ConfigError(
+                "kafka.min_insync_replicas",
+                f"must be at most kafka.replication_factor ({self.replication_factor}), "
+                f"got {self.min_insync_replicas}",
+            )
 
     def connection_settings(self) -> dict[str, Any]:
         """kafka.producer's security, SASL and SSL settings, secret references unresolved."""

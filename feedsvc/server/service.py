@@ -196,7 +196,7 @@ class Service:
             self.close()
             raise
         if config.kafka.enabled:
-            self.mirror = MirrorHandoff(self._context, config.kafka, config.log)
+            self.mirror = MirrorHandoff(self._context, config.kafka, config.log, self.epoch)
             self.mirror.start()
         self.publisher = Publisher(
             # The backend's send skips the Python-level checks of zmq.Socket.send (for Frames,
@@ -301,13 +301,16 @@ class Service:
             loop_alive_at=self._loop_alive_at,
             now=time.monotonic(),
         )
-        mirror_stats = self.mirror.stats if self.mirror is not None else None
+        mirror = self.mirror
+        mirror_problem = mirror.problem() if mirror is not None else None
         body = health_document(
             reason=reason,
             epoch=self.epoch,
             endpoints=list(self.config.publisher.endpoints) if self._pub is not None else [],
-            mirror_enabled=self.mirror is not None,
-            mirror_connected=bool(mirror_stats and mirror_stats.broker_up),
+            mirror_enabled=mirror is not None,
+            mirror_connected=mirror is not None and mirror_problem is None,
+            mirror_problem=mirror_problem,
+            mirror_restarts=mirror.stats.restarts if mirror is not None else 0,
             last_publish_unix_s=self.last_publish_unix_s,
             fds_open=self.peers.open_fds,
             fd_limit=self.peers.fd_limit,
@@ -611,6 +614,8 @@ class Service:
                 dropped=stats.dropped,
                 unacknowledged=stats.queued,
                 undelivered=stats.undelivered,
+                restarts=stats.restarts,
+                retained=stats.retained_ticks,
                 # Stop request to the end of the final hand-off and Kafka flush.
                 flush_s=None
                 if self._mirror_closed_at is None or self._stop_requested_at is None
@@ -634,22 +639,27 @@ class Service:
         }
 
     def _close_mirror(self) -> None:
-        stats = self.mirror.close(self.config.kafka.flush_timeout_s)
+        publisher = self.publisher
+        # Every symbol's last seq of the epoch goes into its close record: a reader then finds
+        # any tick that never reached Kafka, the tail included.
+        last_values = publisher.last_values(None) if publisher else {}
+        last_seq = {symbol: seq for symbol, (seq, _payload) in last_values.items() if seq > 0}
+        stats = self.mirror.close(self.config.kafka.flush_timeout_s, last_seq)
         self._mirror_closed_at = time.monotonic()
-        published = self.publisher.published if self.publisher else 0
-        summary = f"mirror: {stats.delivered} of {published} published ticks acknowledged by Kafka"
+        published = publisher.published if publisher else 0
+        summary = f"mirror: {stats.delivered} of {published} published ticks committed to Kafka"
         if stats.undelivered:
             log.error(
-                "%s; %d NOT delivered (%d dropped at the hand-off, %d failed, %d unacknowledged "
-                "at the flush timeout)",
+                "%s; %d NOT delivered (%d dropped at the retained bound, %d not committed at "
+                "the flush timeout; %d mirror restarts)",
                 summary,
                 stats.undelivered,
                 stats.dropped,
-                stats.failed,
-                stats.queued,
+                stats.undelivered - stats.dropped,
+                stats.restarts,
             )
         else:
-            log.info("%s; all delivered", summary)
+            log.info("%s; all delivered (%d mirror restarts)", summary, stats.restarts)
 
     def close(self) -> None:
         """Close the sockets (the PUB socket waits up to publisher.linger_ms) and the context."""

@@ -8,14 +8,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 import zmq
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from tests.conftest import (
@@ -25,6 +23,7 @@ from tests.conftest import (
     subscribed_probe,
     wait_for_first_message,
 )
+from tests.integration.kafka_reading import assert_contiguous_from_one, read_topic
 
 Serve = Callable[..., ServeProcess]
 
@@ -44,49 +43,9 @@ def mirror_settings(endpoint: str, bootstrap: str, topic: str, *extra: str) -> l
     ]
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) in the topic, up to the high watermarks seen now."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"t-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        wanted = sum(ends.values())
-        messages: list[tuple[bytes, bytes]] = []
-        deadline = time.monotonic() + timeout_s
-        while len(messages) < wanted and time.monotonic() < deadline:
-            for message in consumer.consume(10_000, timeout=0.5):
-                if message.error() is None and message.offset() < ends[message.partition()]:
-                    messages.append((message.key(), message.value()))
-        assert len(messages) == wanted, f"read {len(messages)} of {wanted} messages"
-        return messages
-    finally:
-        consumer.close()
-
-
 def topic_partition_count(bootstrap: str, topic: str) -> int:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
-
-
-def assert_contiguous_from_one(payloads: list[bytes]) -> dict[str, int]:
-    """Per symbol the seqs are exactly 1..N (nothing lost, nothing twice); returns N per symbol."""
-    seqs: dict[str, list[int]] = defaultdict(list)
-    for payload in payloads:
-        tick = orjson.loads(payload)
-        seqs[tick["sym"]].append(tick["seq"])
-    for symbol, seen in seqs.items():
-        assert sorted(seen) == list(range(1, len(seen) + 1)), f"{symbol}: gaps or duplicates"
-    return {symbol: len(seen) for symbol, seen in seqs.items()}
 
 
 def mirror_process_pids(serve_pid: int) -> list[int]:
@@ -227,6 +186,8 @@ def test_bounded_buffer_drops_are_counted_and_never_stall_publishing(
         "kafka.max_buffered_ticks=1000",
         "kafka.handoff_batch_ticks=100",
         "kafka.handoff_queue_batches=2",
+        # What the service retains for the mirror is the bound that drops (1 MiB: ~0.3 s here).
+        "kafka.max_retained_bytes=1048576",
         "kafka.flush_timeout_s=0",
     )
     subscriber = zmq_context.socket(zmq.SUB)

@@ -37,6 +37,7 @@ SERVER_COUNTERS = frozenset(
         "mirror_delivered",
         "mirror_failed",
         "mirror_dropped",
+        "mirror_restarts",
     )
 )
 SERVER_GAUGES = frozenset(
@@ -48,6 +49,7 @@ SERVER_GAUGES = frozenset(
         "feedsvc_mirror_queue_ticks",
         "feedsvc_mirror_lag_seconds",
         "feedsvc_mirror_connected",
+        "feedsvc_mirror_retained_bytes",
     }
 )
 SERVER_HISTOGRAMS = frozenset({"feedsvc_sync_handshake_seconds", "feedsvc_publish_latency_seconds"})

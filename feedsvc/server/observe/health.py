@@ -34,17 +34,33 @@ def health_document(
     mirror_enabled: bool,
     mirror_connected: bool,
     last_publish_unix_s: float,
+    mirror_problem: str | None = None,
+    mirror_restarts: int = 0,
     fds_open: int,
     fd_limit: int,
     connections: dict[str, int],
 ) -> dict[str, Any]:
-    """The /healthz JSON document (HTTP 200 with it when `reason` is None, else 503)."""
+    """The /healthz JSON document (HTTP 200 with it when `reason` is None, else 503).
+
+    A `mirror_problem` (the audit trail is not being written) makes the status "degraded" with
+    HTTP 200: the hot path is fine and an orchestrator must not restart the service for it.
+    """
+    if reason is not None:
+        status = "unavailable"
+    elif mirror_problem is not None:
+        status, reason = "degraded", mirror_problem
+    else:
+        status = "ok"
     return {
-        "status": "ok" if reason is None else "unavailable",
+        "status": status,
         "reason": reason,
         "epoch": epoch,
         "sockets_bound": endpoints,
-        "mirror": {"enabled": mirror_enabled, "connected": mirror_connected},
+        "mirror": {
+            "enabled": mirror_enabled,
+            "connected": mirror_connected,
+            "restarts": mirror_restarts,
+        },
         "last_tick_unix_s": last_publish_unix_s or None,
         "checked_unix_s": time.time(),
         "fds": {"open": fds_open, "limit": fd_limit},

@@ -242,14 +242,19 @@ class ServiceCollector:
             ("feedsvc_mirror_produced", "Ticks accepted by the Kafka producer.", "produced"),
             (
                 "feedsvc_mirror_delivered",
-                "Ticks acknowledged by Kafka (acks=all).",
+                "Ticks committed to Kafka in transactions (visible to read_committed readers).",
                 "delivered",
             ),
             ("feedsvc_mirror_failed", "Ticks Kafka reported as failed.", "failed"),
             (
                 "feedsvc_mirror_dropped",
-                "Ticks dropped before Kafka: the hand-off queue was full.",
+                "Ticks dropped before Kafka: kafka.max_retained_bytes was reached.",
                 "dropped",
+            ),
+            (
+                "feedsvc_mirror_restarts",
+                "Times the mirror process died and was restarted.",
+                "restarts",
             ),
         ):
             yield CounterMetricFamily(
@@ -258,8 +263,13 @@ class ServiceCollector:
         backlog = mirror.backlog if mirror is not None else 0
         yield GaugeMetricFamily(
             "feedsvc_mirror_queue_ticks",
-            "Ticks published but not yet acknowledged by Kafka (hand-off + producer queue).",
+            "Ticks published but not yet committed to Kafka (hand-off + producer queue).",
             value=backlog,
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_mirror_retained_bytes",
+            "Bytes of hand-off batches kept until the mirror commits them (for a restart).",
+            value=stats.retained_bytes if stats else 0,
         )
         yield GaugeMetricFamily(
             "feedsvc_mirror_lag_seconds",
@@ -268,8 +278,8 @@ class ServiceCollector:
         )
         yield GaugeMetricFamily(
             "feedsvc_mirror_connected",
-            "1 while the Kafka broker answers the mirror, else 0.",
-            value=1 if stats is not None and stats.broker_up else 0,
+            "1 while the mirror process runs and Kafka answers it, else 0.",
+            value=1 if mirror is not None and mirror.problem() is None else 0,
         )
 
 

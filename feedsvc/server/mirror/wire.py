@@ -1,0 +1,44 @@
+"""The hand-off between the service and its mirror process: message kinds, the batch format and
+the settings both sides derive from the config."""
+
+from __future__ import annotations
+
+import socket
+from typing import Final
+
+from feedsvc.config import KafkaConfig
+from feedsvc.protocol.checkpoints import checkpoint_topic_for
+from feedsvc.protocol.ticks import TOPIC_DELIMITER
+
+FRAME_SEPARATOR: Final = b"\n"
+# Service -> mirror, multipart: [BATCH, id, frames joined by FRAME_SEPARATOR] or
+# [END, JSON of the epoch's close: last seq per symbol, dropped count].
+BATCH: Final = b"B"
+END: Final = b"E"
+
+
+def transactional_id(config: KafkaConfig) -> str:
+    """kafka.transactional_id, or one stable per host and topic."""
+    return config.transactional_id or f"feedsvc-{socket.gethostname()}-{config.topic}"
+
+
+def checkpoint_topic(config: KafkaConfig) -> str:
+    return checkpoint_topic_for(config.topic, config.checkpoint_topic)
+
+
+def split_batch(batch: bytes) -> list[bytes]:
+    """Split a hand-off batch into [symbol, payload, symbol, payload, ...].
+
+    Two C-level passes over the whole batch when no payload holds a space (orjson writes none
+    outside strings): about half the CPU of partitioning frame by frame, which the mirror
+    process spends on every tick. A pass-through string with a space takes the per-frame path.
+    """
+    fields = batch.replace(FRAME_SEPARATOR, TOPIC_DELIMITER).split(TOPIC_DELIMITER)
+    # Every frame holds the topic's space, so exactly two fields per frame means no other space.
+    if len(fields) == 2 * (batch.count(FRAME_SEPARATOR) + 1):
+        return fields
+    fields = []
+    for frame in batch.split(FRAME_SEPARATOR):
+        symbol, _, payload = frame.partition(TOPIC_DELIMITER)
+        fields += (symbol, payload)
+    return fields
