@@ -29,8 +29,22 @@ A message that is not a tick (not JSON, or without sym/seq/epoch/ts) is skipped 
 ``malformed``, never fatal. ``--verify`` audits the sequence numbers per (symbol, epoch) with
 `AuditVerifier`, a pure class that knows nothing of Kafka. A JSON summary line always ends stderr.
 
-Exit status: 0 done; 1 ``--verify`` found gaps, duplicates or malformed messages; 2 the broker
-does not answer, the topic does not exist, or the arguments or --out are unusable.
+``--verify`` first reads the whole checkpoint topic (``--checkpoint-topic``, default
+``<topic>.checkpoints``; absent is not an error), before the tick topic's watermarks are
+captured: each checkpoint is committed in the same transaction as the ticks it names, so the
+ticks of every checkpoint read are below those watermarks (once the broker has written the
+transaction's commit markers to every partition). The audit then also finds ticks a
+checkpoint says were published that are missing (the tail of a symbol, or all of it) and reports
+each epoch closed or open. The summary line gains ``checkpoints`` (records read, null without the
+topic), ``missing_tail``, ``open_epochs`` and ``closed_epochs`` (lists of {epoch, instance,
+last_checkpoint_ts, last_checkpoint_time, complete_through_checkpoint, missing, dropped,
+ticks_written}), ``malformed_checkpoints``, ``dropped_unlocated`` and
+``epochs_without_checkpoints``.
+
+Exit status: 0 done; 1 ``--verify`` found gaps (tails a checkpoint claims included), duplicates,
+malformed messages or checkpoints, or ticks the service dropped; an open epoch alone is not a
+failure (the live one is open). 2 the broker does not answer, the topic does not exist, or the
+arguments or --out are unusable.
 """
 
 from __future__ import annotations
@@ -51,13 +65,21 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import orjson
 
 from feedsvc.config import ConfigError, load_kafka_config
+from feedsvc.protocol.checkpoints import checkpoint_topic_for, decode_checkpoint
 from feedsvc.protocol.ticks import symbol_problem
 from feedsvc.replay.audit import AuditVerifier
 from feedsvc.replay.errors import KafkaProblem, ReplayError
 from feedsvc.replay.output import CSV_FIELDS, FORMATS, OutputFormat, make_writer, open_output
 from feedsvc.replay.plan import plan_ranges
 from feedsvc.replay.progress import NoProgress, ProgressBar
-from feedsvc.replay.reader import LastKafkaError, PartitionRange, make_consumer, read_partition
+from feedsvc.replay.reader import (
+    LastKafkaError,
+    PartitionRange,
+    checkpoint_ranges,
+    make_consumer,
+    read_partition,
+    topic_partitions,
+)
 from feedsvc.replay.ticks import TickFilter, decode_tick, malformed_reason
 from feedsvc.replay.times import format_ns, parse_iso8601_ns
 
@@ -114,6 +136,8 @@ class ReplayOptions:
     out: Path | None = None
     output_format: OutputFormat = "jsonl"
     verify: bool = False
+    checkpoint_topic: str = ""
+    """The mirror's checkpoint topic for --verify; "" = derived from `topic`."""
     show_progress: bool | None = None
     """None: a progress bar exactly when stderr is a terminal."""
     kafka_settings: Mapping[str, Any] = field(default_factory=dict)
@@ -125,6 +149,10 @@ class ReplayOptions:
         self.tick_filter = TickFilter(
             frozenset(self.symbols) if self.symbols else None, self.since_ns, self.until_ns
         )
+
+    @property
+    def checkpoint_topic_name(self) -> str:
+        return checkpoint_topic_for(self.topic, self.checkpoint_topic)
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,8 +233,18 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         "--verify",
         action="store_true",
         help="audit seq per (symbol, epoch) and report on stderr; exit 1 on gaps, duplicates or "
-        "malformed messages. With --since, an epoch that began before the window may start "
-        "mid-sequence: only its internal gaps count. Combine with --out /dev/null to only audit",
+        "malformed messages. The mirror's checkpoint records (--checkpoint-topic) also find "
+        "lost last ticks of a symbol, or all of its ticks, and say per epoch whether it was "
+        "closed by a clean shutdown or is open (complete through its last checkpoint or not). "
+        "With --since, an epoch that began before the window may start mid-sequence: only its "
+        "internal gaps count. Combine with --out /dev/null to only audit",
+    )
+    parser.add_argument(
+        "--checkpoint-topic",
+        metavar="NAME",
+        help="the mirror's checkpoint topic for --verify (default: kafka.checkpoint_topic from "
+        "--config, else <topic>.checkpoints); a topic that does not exist is reported, not an "
+        "error",
     )
 
 
@@ -227,12 +265,17 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         --config cannot be read or its kafka section is wrong (naming the key).
     """
     bootstrap, topic, kafka_settings = DEFAULT_BOOTSTRAP, DEFAULT_TOPIC, {}
+    checkpoint_topic = ""
     if args.config is not None:
         kafka = load_kafka_config(args.config)
         bootstrap, topic, kafka_settings = kafka.bootstrap, kafka.topic, kafka.connection_settings()
+        # Only if the configured topic is used: --topic names another mirror.
+        if not args.topic:
+            checkpoint_topic = getattr(kafka, "checkpoint_topic", "")
     return ReplayOptions(
         bootstrap=args.bootstrap or bootstrap,
         topic=args.topic or topic,
+        checkpoint_topic=args.checkpoint_topic or checkpoint_topic,
         kafka_settings={**kafka_settings, **dict(args.kafka_settings)},
         symbols=args.symbols,
         since_ns=args.since,
@@ -277,10 +320,18 @@ def run_replay(options: ReplayOptions, stderr: TextIO | None = None) -> int:
     except ReplayError as error:
         say(str(error))
         return EXIT_ERROR
-    verifier = AuditVerifier(options.since_ns) if options.verify else None
+    verifier = (
+        AuditVerifier(options.since_ns, options.until_ns, options.symbols or None)
+        if options.verify
+        else None
+    )
     counts = ReplayCounts()
     try:
         with _stop_on_sigterm():
+            if verifier is not None:
+                topic_partitions(consumer, options.topic)  # an unknown --topic fails first
+                # Before the tick watermarks are captured (see the module docstring).
+                _read_checkpoints(consumer, options.checkpoint_topic_name, verifier, say)
             ranges = plan_ranges(consumer, options.topic, options.since_ns, options.until_ns)
             _replay_ranges(consumer, options, ranges, counts, verifier, say)
     except KafkaProblem as error:
@@ -332,9 +383,11 @@ def run_replay(options: ReplayOptions, stderr: TextIO | None = None) -> int:
                 f"--since {format_ns(options.since_ns)}: epochs that began earlier are checked "
                 "from their first seq in the window"
             )
-        for line in report.lines():
+        for line in [*report.lines(), *report.checkpoint_lines()]:
             print(line, file=stderr)
         summary.update(report.summary())
+        summary["checkpoint_topic"] = options.checkpoint_topic_name
+        summary.update(report.checkpoint_summary())
         exit_code = EXIT_OK if report.ok else EXIT_AUDIT_FAILED
     summary["duration_s"] = round(time.monotonic() - started_at, 3)
     print(orjson.dumps(summary).decode(), file=stderr, flush=True)
@@ -361,6 +414,33 @@ def _stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _read_checkpoints(
+    consumer: Consumer, topic: str, verifier: AuditVerifier, say: Callable[[str], None]
+) -> None:
+    """Feed the whole checkpoint topic to `verifier`; say so if there is none."""
+    ranges = checkpoint_ranges(consumer, topic)
+    if ranges is None:
+        say(f"no checkpoint topic {topic!r}: the last ticks of a symbol cannot be checked")
+        return
+    verifier.expect_checkpoints()
+    malformed = 0
+    for span in ranges:
+        for batch in read_partition(consumer, topic, span, NoProgress()):
+            for message in batch:
+                try:
+                    record = decode_checkpoint(message.value() or b"")
+                except ValueError as error:
+                    verifier.observe_malformed_checkpoint()
+                    malformed += 1
+                    if malformed <= MALFORMED_DETAIL_LIMIT:
+                        say(
+                            f"skipping malformed checkpoint at {topic} partition "
+                            f"{message.partition()} offset {message.offset()}: {error}"
+                        )
+                    continue
+                verifier.observe_checkpoint(record)
 
 
 def _replay_ranges(

@@ -1,6 +1,7 @@
 """The Kafka side of replay: `make_consumer` for assign()-only reading, the metadata, watermark
-and offsets-by-time requests (each with a timeout), and `read_partition`, which reads one
-planned `PartitionRange` in offset order. The only replay module that loads librdkafka."""
+and offsets-by-time requests (each with a timeout), `read_partition`, which reads one planned
+`PartitionRange` in offset order, and `read_checkpoints`, the whole checkpoint topic. The only
+replay module that loads librdkafka."""
 
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ class LastKafkaError:
 # change them, because the read plan depends on them.
 REPLAY_CONSUMER_SETTINGS: Final[Mapping[str, Any]] = {
     "enable.auto.commit": False,
+    # Only committed transactions: the mirror's aborted ones (a crash, a fenced producer) would
+    # read as duplicates, and a checkpoint is only a proof together with the ticks it commits.
+    "isolation.level": "read_committed",
     "enable.auto.offset.store": False,
     # The end of a partition ends its read even when its last offsets hold no message
     # (transaction markers, compaction).
@@ -135,6 +139,20 @@ def topic_partitions(consumer: Consumer, topic: str) -> list[int]:
     ReplayError
         The broker does not answer in time, or the topic does not exist.
     """
+    partitions = existing_topic_partitions(consumer, topic)
+    if partitions is None:
+        raise KafkaProblem(f"topic {topic!r} does not exist (check --topic)")
+    return partitions
+
+
+def existing_topic_partitions(consumer: Consumer, topic: str) -> list[int] | None:
+    """The partition ids of `topic`, or None if there is no such topic.
+
+    Raises
+    ------
+    ReplayError
+        The broker does not answer in time, or the topic is not readable.
+    """
     try:
         metadata = consumer.list_topics(topic, timeout=KAFKA_REQUEST_TIMEOUT_S)
     except KafkaException as error:
@@ -148,7 +166,7 @@ def topic_partitions(consumer: Consumer, topic: str) -> list[int]:
             topic_metadata is None
             or topic_metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
         ):
-            raise KafkaProblem(f"topic {topic!r} does not exist (check --topic)")
+            return None
         raise KafkaProblem(f"topic {topic!r} is not readable: {topic_metadata.error.str()}")
     if not topic_metadata.partitions:
         raise KafkaProblem(f"topic {topic!r} has no partitions")
@@ -277,3 +295,18 @@ def read_partition(
             progress.advance(min(next_offset, span.end) - before)
     finally:
         consumer.unassign()
+
+
+def checkpoint_ranges(consumer: Consumer, topic: str) -> list[PartitionRange] | None:
+    """What to read of the checkpoint topic `topic`: every partition whole, up to the high
+    watermarks captured now; None if the topic does not exist (a mirror without checkpoints).
+
+    Whatever the time window: checkpoints are small, and the audit decides which it uses.
+    """
+    partitions = existing_topic_partitions(consumer, topic)
+    if partitions is None:
+        return None
+    return [
+        PartitionRange(partition, low, high)
+        for partition, (low, high) in watermarks(consumer, topic, partitions).items()
+    ]
