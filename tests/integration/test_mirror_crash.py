@@ -145,7 +145,10 @@ def test_mirror_killed_twice_every_tick_is_in_kafka_exactly_once(
     assert sorted(kcat_read(kafka_broker.bootstrap, topic)) == sorted(v for _, v in stored)
     code, report = replay_verify(kafka_broker.bootstrap, topic)
     assert code == 0, report
-    assert (report["gaps"], report["duplicates"]) == (0, 0)
+    assert (report["gaps"], report["duplicates"], report["missing_tail"]) == (0, 0, 0)
+    # The clean shutdown closed the epoch: every tick it published is accounted for.
+    assert report["open_epochs"] == []
+    assert [epoch["epoch"] for epoch in report["closed_epochs"]] == [summary["epoch"]]
 
 
 def test_kill_9_of_serve_loses_at_most_50_ms_of_ticks(
@@ -178,5 +181,10 @@ def test_kill_9_of_serve_loses_at_most_50_ms_of_ticks(
     lost = [payload for payload in broadcast if payload not in stored]
     assert len(lost) <= KILL_9_LOSS_LIMIT, f"{len(lost)} broadcast ticks are not in Kafka"
     # What is in Kafka has no gap: the lost ones are only the tail of each symbol.
-    _code, report = replay_verify(kafka_broker.bootstrap, topic)
+    code, report = replay_verify(kafka_broker.bootstrap, topic)
+    assert code == 0, report
     assert (report["gaps"], report["duplicates"]) == (0, 0), report
+    # No close record: the epoch is open, and complete through its last checkpoint.
+    assert report["closed_epochs"] == []
+    (epoch,) = report["open_epochs"]
+    assert epoch["complete_through_checkpoint"] is True
