@@ -1,20 +1,24 @@
 """bench_mirror's pure parts (no sockets, no broker): the shutdown accounting read from serve's
 summary, rates and lags from sampled counts, the outage's backlog and drain, Part A's ratios and
-verdicts, the no-loss rule, the CPU monitor's carry-over across a broker restart, and the
-options it refuses."""
+verdicts, the no-loss rule, the CPU monitor's carry-over across a broker restart, the options it
+refuses, and the transactions section: /proc times, tick ts, CPU and bytes per tick, the
+visibility lag's window and percentiles, its ratios, verdicts, plans and table."""
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from feedsvc.bench.kafka import PROJECT_ROOT
 from feedsvc.bench.scenarios.mirror import build_parser, json_settings, options_problem
 from feedsvc.bench.scenarios.mirror_analysis import (
     KEEPS_UP_FLUSH_S,
     OUTAGE_RATE,
+    PACED_RATE,
     backlog_left,
     broker_back_at,
     broker_down_times,
@@ -29,6 +33,26 @@ from feedsvc.bench.scenarios.mirror_analysis import (
     rate_between,
     rate_figures,
     rate_notes,
+)
+from feedsvc.bench.scenarios.mirror_cost import (
+    COST_RATE,
+    cost_per_tick,
+    cost_plan_labels,
+    parse_stat_times,
+    per_tick_us,
+    percentile,
+    tick_ts_ns,
+    transactions_figures,
+    visibility_figures,
+    visibility_series,
+    window_lags,
+)
+from feedsvc.bench.scenarios.mirror_cost_report import cost_table_lines
+from feedsvc.bench.scenarios.mirror_cost_runs import (
+    CostMonitor,
+    cost_plans,
+    log_bytes,
+    warm_up_plans,
 )
 from feedsvc.bench.scenarios.mirror_pollers import CPU_SAMPLE_INTERVAL_S, RunMonitor
 from feedsvc.bench.scenarios.mirror_report import plot_series, table_lines
@@ -289,10 +313,180 @@ def test_options_refused_and_settings_as_json() -> None:
     parser = build_parser()
     assert options_problem(parser.parse_args([])) is None
     assert options_problem(parser.parse_args(["--duration", "0"])) is not None
+    assert options_problem(parser.parse_args(["--skip-rate", "--skip-outage"])) is None
     assert "nothing to do" in (
-        options_problem(parser.parse_args(["--skip-rate", "--skip-outage"])) or ""
+        options_problem(parser.parse_args(["--skip-rate", "--skip-outage", "--skip-transactions"]))
+        or ""
     )
     settings = json_settings(parser.parse_args(["--json", "x.json", "--plot", "p.png"]))
     assert settings["json"] is None and settings["plot"] == "p.png"
     assert settings["hwm"] == 10_000 and settings["set"] == []
     assert not any(isinstance(value, Path) for value in settings.values())
+
+
+def test_stat_times_split_own_cpu_from_waited_for_children() -> None:
+    # /proc/PID/stat of a process named "feedsvc (serve)": the ")" in the name must not matter.
+    fields = ["S", "1", "2", "3", "0", "-1", "4194304", "10", "0", "0", "0"]
+    fields += ["250", "50", "700", "100", "20", "0", "3"]
+    own, children = parse_stat_times(f"1234 (feedsvc (serve)) {' '.join(fields)}", 100)
+    assert own == pytest.approx(3.0)  # utime 250 + stime 50 ticks
+    assert children == pytest.approx(8.0)  # cutime 700 + cstime 100: only children waited for
+    text = Path("/proc/self/stat").read_text()
+    assert parse_stat_times(text, os.sysconf("SC_CLK_TCK"))[0] >= 0.0
+
+
+def test_tick_ts_is_read_without_decoding_the_payload() -> None:
+    payload = b'{"symbol":"SYN0001","price":1.5,"seq":7,"epoch":3,"ts":1712345678901234567}'
+    assert tick_ts_ns(payload) == 1712345678901234567
+    assert tick_ts_ns(b'{"counts":5,"ts":42,"x":1}') == 42
+    assert tick_ts_ns(b'{"seq":1}') is None
+    assert tick_ts_ns(b'{"ts":null}') is None
+
+
+def test_per_tick_and_percentiles() -> None:
+    assert per_tick_us(0.5, 100_000) == pytest.approx(5.0)
+    assert per_tick_us(None, 10) is None and per_tick_us(1.0, 0) is None
+    values = list(range(1, 101))
+    assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100 and percentile([], 0.5) is None
+
+
+def test_visibility_counts_only_ticks_received_in_the_window() -> None:
+    second = 1_000_000_000
+    # Three consume() batches at 0.5 s, 2 s and 9 s; the window is [1, 8].
+    batches = [(0.5, 2), (2.0, 3), (9.0, 1)]
+    lags = [5 * second, 5 * second, second // 10, second // 5, 2 * second, 7 * second]
+    assert window_lags(batches, lags, 1.0, 8.0) == [second // 10, second // 5, 2 * second]
+    figures = visibility_figures(window_lags(batches, lags, 1.0, 8.0))
+    assert figures["count"] == 3
+    assert figures["p50_s"] == pytest.approx(0.2) and figures["max_s"] == pytest.approx(2.0)
+    assert figures["share_under_target"] == pytest.approx(2 / 3)
+    assert visibility_figures([])["p99_s"] is None
+    series = visibility_series(batches, lags, 1.0, 8.0)
+    assert series == [(1.5, 0.2, 2.0, 2.0)]
+
+
+def test_cost_per_tick_from_a_run_s_counts() -> None:
+    run = {
+        "published_in_window": 160_000,
+        "serve_cpu_s": 1.2,
+        "mirror_cpu_s": 0.8,
+        "broker_cpu_s": 0.4,
+        "delivered": 200_000,
+        "checkpoint": {"records": 40, "key_bytes": 1_400, "value_bytes": 38_600},
+        "checkpoint_disk_bytes": 30_000,
+        "topic_disk_bytes": 8_000_000,
+        "run_s": 10.0,
+    }
+    figures = cost_per_tick(run)
+    assert figures["serve_us_per_tick"] == pytest.approx(7.5)
+    assert figures["mirror_and_broker_us_per_tick"] == pytest.approx(7.5)
+    assert figures["checkpoint_bytes_per_tick"] == pytest.approx(0.2)
+    assert figures["checkpoint_disk_bytes_per_tick"] == pytest.approx(0.15)
+    assert figures["topic_disk_bytes_per_tick"] == pytest.approx(40.0)
+    assert figures["checkpoints_per_s"] == pytest.approx(4.0)
+    # Mirror off, or the other tree without a checkpoint topic: no checkpoint figures.
+    assert (
+        cost_per_tick({"published_in_window": 10, "serve_cpu_s": 1e-5})["checkpoint_bytes_per_tick"]
+        is None
+    )
+
+
+def _cost_run(label: str, serve_us: float, mirror_us: float = 0.0, **extra: Any) -> dict:
+    return {
+        "label": label,
+        "serve_us_per_tick": serve_us,
+        "mirror_and_broker_us_per_tick": mirror_us,
+        "broker_cpu_cores": 0.03,
+        **extra,
+    }
+
+
+def test_transactions_figures_ratios_and_verdicts() -> None:
+    cost = [
+        _cost_run("off", 6.0),
+        _cost_run("on", 6.2, 12.0, checkpoint_bytes_per_tick=0.2),
+        _cost_run("on-no-txn", 6.1, 6.0),
+        _cost_run("off", 6.2),
+        _cost_run("on", 6.4, 14.0, checkpoint_bytes_per_tick=0.3),
+        _cost_run("on-no-txn", 6.3, 8.0),
+    ]
+    lag = [
+        {"label": "lag-on", "p50_s": 0.2, "p99_s": 0.4, "max_s": 0.5},
+        {"label": "lag-on", "p50_s": 0.2, "p99_s": 0.6, "max_s": 1.2},
+        {"label": "lag-no-txn", "p50_s": 0.1, "p99_s": 0.2, "max_s": 0.3},
+    ]
+    figures = transactions_figures(cost, lag)
+    assert figures["hot_path_ratio"] == pytest.approx(6.1 / 6.3)
+    assert figures["hot_path_ratio_per_pair"] == pytest.approx([6.0 / 6.2, 6.2 / 6.4])
+    assert figures["hot_path_verdict"] == "PASS"  # 0.968 >= 0.95
+    assert figures["hot_path_ratio_no_txn"] == pytest.approx(6.1 / 6.2)
+    assert figures["mirror_cost_ratio_txn_over_no_txn"] == pytest.approx(13.0 / 7.0)
+    assert figures["checkpoint_bytes_per_tick"] == pytest.approx(0.25)
+    assert figures["broker_idle_cores"] == pytest.approx(0.03)
+    assert figures["visibility_p99_s_median"] == pytest.approx(0.5)
+    assert figures["visibility_max_s"] == pytest.approx(1.2)
+    assert figures["visibility_verdict"] == "PASS"  # on the median of p99, not one max
+    assert figures["lag_summary"]["lag-no-txn"]["p99_s_median"] == pytest.approx(0.2)
+    slower = [*cost[:1], _cost_run("on", 7.0, 12.0)]
+    assert transactions_figures(slower, lag[2:])["hot_path_verdict"] == "MISS"
+    assert transactions_figures(slower, lag[2:])["visibility_verdict"] == "MISS"  # no lag-on
+
+
+def test_cost_plans_alternate_trees_and_pace() -> None:
+    parser = build_parser()
+    options = parser.parse_args(["--repeats", "2", "--baseline-root", "/tmp/other"])
+    plans = cost_plans(options)
+    assert [plan.label for plan in plans] == cost_plan_labels(2, with_baseline=True)
+    assert [plan.label for plan in plans][:3] == ["off", "on", "on-no-txn"]
+    assert [plan.label for plan in plans][-2:] == ["lag-on", "lag-no-txn"]
+    assert {str(plan.root) for plan in plans if plan.label.endswith("no-txn")} == {"/tmp/other"}
+    assert {plan.root for plan in plans if not plan.label.endswith("no-txn")} == {PROJECT_ROOT}
+    assert {plan.rate for plan in plans if plan.visibility} == {PACED_RATE}
+    assert {plan.rate for plan in plans if not plan.visibility} == {COST_RATE}
+    assert not any(plan.mirror for plan in plans if plan.label == "off")
+    assert len({plan.run_index for plan in plans}) == len(plans)
+    assert cost_plan_labels(1, with_baseline=False) == ["off", "on", "lag-on"]
+    warm = warm_up_plans(options)
+    assert [str(plan.root) for plan in warm] == [str(PROJECT_ROOT), "/tmp/other"]
+    assert all(plan.mirror and not plan.visibility for plan in warm)
+    assert not {plan.run_index for plan in warm} & {plan.run_index for plan in plans}
+
+
+def test_log_bytes_sum_the_topic_s_segments_only(tmp_path: Path) -> None:
+    for folder, size in (("t-0", 100), ("t-1", 50), ("t.checkpoints-0", 7), ("t-x", 9)):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        (tmp_path / "data" / folder / "00000000000000000000.log").write_bytes(b"x" * size)
+        (tmp_path / "data" / folder / "00000000000000000000.index").write_bytes(b"i" * 1000)
+    assert log_bytes(tmp_path, "t") == 150
+    assert log_bytes(tmp_path, "t.checkpoints") == 7
+    assert log_bytes(tmp_path, "missing") is None
+
+
+def test_cost_monitor_samples_serve_and_its_waited_for_children_at_every_call() -> None:
+    monitor = CostMonitor(_NoBroker())  # type: ignore[arg-type]
+    for _ in range(3):
+        monitor(os.getpid())  # every call samples: the window's end is not left out
+    own = [cpu_s for _, cpu_s in monitor.cpu_by_name["serve"]]
+    assert len(own) == 3 and own == sorted(own)
+    # No child of this process exited meanwhile: the children's figure stays where it was.
+    assert len({cpu_s for _, cpu_s in monitor.cpu_by_name["serve_children"]}) == 1
+    assert monitor.mirror_pid is None and "mirror" not in monitor.cpu_by_name
+
+
+def test_cost_table_renders_missing_rows_and_figures() -> None:
+    figures = transactions_figures([_cost_run("off", 6.0), _cost_run("on", 6.2, 12.0)], [])
+    header, rule, off, on, last_rule = cost_table_lines(figures["summary"])
+    assert "serve us/tick" in header and rule == last_rule
+    assert off.split()[:4] == ["mirror", "OFF", "-", "-"]
+    assert "6.20" in on and "12.00" in on
+
+
+def test_transaction_options_refused() -> None:
+    parser = build_parser()
+    assert options_problem(parser.parse_args(["--cost-rate", "0"])) is not None
+    missing = options_problem(parser.parse_args(["--baseline-root", "/nonexistent/tree"]))
+    assert missing is not None and "no feedsvc source tree" in missing
+    assert options_problem(parser.parse_args(["--baseline-root", str(PROJECT_ROOT)])) is None
+    settings = json_settings(parser.parse_args(["--baseline-root", "/tmp", "--lag-plot", "l.png"]))
+    assert settings["baseline_root"] == "/tmp" and settings["lag_plot"] == "l.png"

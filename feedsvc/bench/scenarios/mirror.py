@@ -34,8 +34,24 @@ publish scenario (feedsvc.bench.scenarios.publish: its subscriber, run orchestra
 accounting); only the mirror settings, the broker and the Kafka-side counts are added here
 (mirror_runs, mirror_pollers, mirror_analysis, mirror_report).
 
+Transactions (the "transactions" section; mirror_cost, mirror_cost_runs, mirror_cost_report):
+    What the transactional mirror costs, at paced rates where mirror on and off publish the same
+    ticks, alternating and repeated (medians over --repeats): the hot path's CPU per published
+    tick (the serve process's own utime + stime over the window, which excludes its mirror child,
+    / the ticks published in it; target OFF/ON >= 0.95 at --cost-rate, default 20,000/s); the
+    mirror's own CPU per tick (mirror process + broker JVM) with transactions and, with
+    --baseline-root DIR, without them (serve run from that source tree, e.g. the commit before
+    transactions); checkpoint bytes per tick (the checkpoint topic read back, and its log
+    segments); and at --lag-rate (default 50,000/s) the lag until a read_committed reader sees
+    each tick (receive time - the tick's ts: p50/p99/max, share under 1 s; target: median of the
+    runs' p99 under 1 s), beside the /metrics-based lag of Part A. Part A's flat-out ON/OFF
+    publish-rate ratio is reported but no target any more: on 2 cores it measures how the cores
+    are shared between the hot path, the mirror and the broker, not the design.
+
 Usage: python scripts/bench_mirror.py [--duration 10] [--repeats 3] [--outage 60]
-                                     [--skip-rate] [--skip-outage] [--json FILE] [--plot FILE.png]
+                                     [--skip-rate] [--skip-outage] [--skip-transactions]
+                                     [--baseline-root DIR] [--json FILE] [--plot FILE.png]
+                                     [--lag-plot FILE.png]
 """
 
 from __future__ import annotations
@@ -59,7 +75,10 @@ import confluent_kafka
 from feedsvc.bench.kafka import KAFKA_SCRIPT, PROJECT_ROOT, BrokerError, KafkaBroker
 from feedsvc.bench.procs import ProcessError
 from feedsvc.bench.report import Progress, machine_facts, write_json
-from feedsvc.bench.scenarios.mirror_analysis import rate_figures
+from feedsvc.bench.scenarios.mirror_analysis import PACED_RATE, rate_figures
+from feedsvc.bench.scenarios.mirror_cost import COST_RATE, transactions_figures
+from feedsvc.bench.scenarios.mirror_cost_report import plot_visibility, print_transactions
+from feedsvc.bench.scenarios.mirror_cost_runs import run_transactions_part
 from feedsvc.bench.scenarios.mirror_pollers import broker_step
 from feedsvc.bench.scenarios.mirror_report import (
     plot_outage,
@@ -148,12 +167,16 @@ def run_benchmark(options: argparse.Namespace) -> int:
     workdir.mkdir()
     figures: dict[str, Any] = {"machine": facts, "settings": json_settings(options)}
     rate_runs: list[dict[str, Any]] = []
+    cost_runs: list[dict[str, Any]] = []
+    lag_runs: list[dict[str, Any]] = []
     outage: dict[str, Any] | None = None
     try:
         with running_broker(root) as (broker, start_s):
             figures["broker_start_s"] = start_s
             if not options.skip_rate:
                 rate_runs = run_rate_part(options, broker, workdir, progress)
+            if not options.skip_transactions:
+                cost_runs, lag_runs = run_transactions_part(options, broker, workdir, progress)
             if not options.skip_outage:
                 outage = run_outage_part(
                     options, broker, workdir, max(10.0, start_s + 5.0), progress
@@ -170,6 +193,16 @@ def run_benchmark(options: argparse.Namespace) -> int:
         figures["rate"] = {**rate_figures(rate_runs), "runs": rate_runs}
         print_rate(options, figures["rate"], rate_runs)
         print()
+    if cost_runs or lag_runs:
+        figures["transactions"] = {
+            **transactions_figures(cost_runs, lag_runs),
+            "runs": cost_runs,
+            "lag_runs": lag_runs,
+        }
+        print_transactions(options, figures["transactions"], cost_runs, lag_runs)
+        print()
+        if options.lag_plot:
+            plot_visibility(lag_runs, options.lag_plot, progress)
     if outage is not None:
         print_outage(options, outage)
         figures["outage"] = outage
@@ -215,9 +248,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="SNDHWM and RCVHWM")
     parser.add_argument("--skip-rate", action="store_true", help="skip Part A (rate)")
     parser.add_argument("--skip-outage", action="store_true", help="skip Part B (outage)")
+    parser.add_argument(
+        "--skip-transactions",
+        action="store_true",
+        help="skip the transactions section (CPU and bytes per tick, visibility lag)",
+    )
+    parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a feedsvc source tree to run the no-transactions rows from (PYTHONPATH=DIR, cwd "
+        "DIR), e.g. `git archive bd05b99 | tar -x -C DIR`; --set applies to this tree only",
+    )
+    parser.add_argument(
+        "--cost-rate",
+        type=int,
+        default=COST_RATE,
+        help="synthetic.rate of the CPU-per-tick runs (mirror on and off publish the same ticks)",
+    )
+    parser.add_argument(
+        "--lag-rate", type=int, default=PACED_RATE, help="synthetic.rate of the visibility runs"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--plot", type=Path, default=None, help="PNG of the outage run's throughput (matplotlib)"
+    )
+    parser.add_argument(
+        "--lag-plot",
+        type=Path,
+        default=None,
+        help="PNG of the visibility lag over the lag runs' windows (matplotlib)",
     )
     return parser
 
@@ -237,8 +298,13 @@ def options_problem(options: argparse.Namespace) -> str | None:
             "--duration, --repeats, --outage, --after, --symbols, "
             "--flush-timeout must be positive, --warmup >= 0"
         )
-    if options.skip_rate and options.skip_outage:
-        return "nothing to do (--skip-rate and --skip-outage)"
+    if options.cost_rate <= 0 or options.lag_rate <= 0:
+        return "--cost-rate and --lag-rate must be positive (ticks per second)"
+    root = options.baseline_root
+    if root is not None and not (root / "feedsvc" / "cli").is_dir():
+        return f"--baseline-root {root}: no feedsvc source tree there (feedsvc/cli/ missing)"
+    if options.skip_rate and options.skip_outage and options.skip_transactions:
+        return "nothing to do (--skip-rate, --skip-outage and --skip-transactions)"
     return None
 
 
