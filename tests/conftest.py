@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ import hypothesis
 import pytest
 import zmq
 
-from feedsvc.bench.kafka import PROJECT_ROOT, BrokerError, KafkaBroker
+from feedsvc.bench.kafka import PROJECT_ROOT, BrokerError, KafkaBroker, KafkaCluster
 from feedsvc.bench.procs import ServeProcess, free_tcp_port
 from feedsvc.bench.scrape import metric_samples
 
@@ -140,6 +141,23 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         pytest.fail(f"Kafka broker did not start: {error}", pytrace=False)
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One real three-node KRaft cluster per test session (replication factor 3,
+    min.insync.replicas 2), on free loopback ports, data in a temporary folder. Tests that kill a
+    node start it again before they end."""
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-cluster"))
+    try:
+        cluster.start()
+    except BrokerError as error:
+        # No skipping: a missing cluster is a failed run, with the script's reason.
+        with contextlib.suppress(BrokerError):
+            cluster.stop()
+        pytest.fail(f"Kafka cluster did not start: {error}", pytrace=False)
+    yield cluster
+    cluster.stop()
 
 
 # Hypothesis profiles. "ci" (the default) replays the same examples on every run, so a red CI
