@@ -647,7 +647,10 @@ class Service:
         stats = self.mirror.close(self.config.kafka.flush_timeout_s, last_seq)
         self._mirror_closed_at = time.monotonic()
         published = publisher.published if publisher else 0
-        summary = f"mirror: {stats.delivered} of {published} published ticks committed to Kafka"
+        summary = (
+            f"mirror: {stats.delivered} of {published} published ticks acknowledged by Kafka "
+            "(committed)"
+        )
         if stats.undelivered:
             log.error(
                 "%s; %d NOT delivered (%d dropped at the retained bound, %d not committed at "

@@ -103,7 +103,7 @@ def test_healthz_is_503_until_publishing_then_200(ipc_endpoint: str) -> None:
         health = orjson.loads(body)
         assert health["status"] == "ok" and health["epoch"] == service.epoch
         assert health["sockets_bound"] == [ipc_endpoint]
-        assert health["mirror"] == {"enabled": False, "connected": False}
+        assert health["mirror"] == {"enabled": False, "connected": False, "restarts": 0}
     finally:
         service.request_stop()
         if runner.is_alive():
