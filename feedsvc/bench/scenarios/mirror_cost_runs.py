@@ -329,7 +329,7 @@ def run_cost(
     reader = VisibilityReader(broker.bootstrap, topic) if plan.visibility and topic else None
     acked = WatermarkPoller(broker.bootstrap, topic) if plan.visibility and topic else None
     published = PublishedPoller(metrics_port) if metrics_port is not None else None
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
     with (
         _optional(reader),
         _optional(acked),
@@ -379,6 +379,7 @@ def run_cost(
         "broker_cpu_cores": monitor.cores("broker", start, end),
         "mirror_pid_found": monitor.mirror_pid is not None,
         "serve_exit_code": serve.returncode,
+        "load_average_1m_before": load_before,
     }
     try:
         summary: dict[str, Any] | None = read_summary(summary_path)
@@ -424,6 +425,7 @@ def describe_cost_run(result: dict[str, Any]) -> str:
         f"us/tick (children {result['serve_children_cpu_s'] or 0:.2f} s), mirror "
         f"{us('mirror_us_per_tick')}, broker {us('broker_us_per_tick')} us/tick"
     )
+    text += f", load {result['load_average_1m_before']:.2f}"
     if result.get("checkpoint_bytes_per_tick") is not None:
         text += f", checkpoints {result['checkpoint_bytes_per_tick']:.2f} B/tick"
     if result.get("p99_s") is not None:
