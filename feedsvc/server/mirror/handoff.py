@@ -178,14 +178,14 @@ class MirrorHandoff:
         return self._process.pid if self._process is not None else None
 
     def flush_if_due(self, now: float) -> None:
+        """Once per loop pass: only the check of the pending list. Batches a full socket did not
+        take are sent again with the next batch and on the stats timer."""
         pending = self._pending
         if pending and (
             len(pending) >= self.config.handoff_batch_ticks
             or now - self._last_flush >= self._max_delay_s
         ):
             self.flush(now)
-        elif self._sent < len(self._retained):
-            self._send_retained()
 
     @property
     def backlog(self) -> int:
@@ -246,6 +246,7 @@ class MirrorHandoff:
                     break
             if latest is not None:
                 self._apply_report(process, orjson.loads(latest))
+            self._send_retained()
         self._supervise()
 
     def _apply_report(self, process: _MirrorProcess, report: Mapping[str, Any]) -> None:

@@ -117,6 +117,7 @@ class MirrorProducer:
         self._topic_requests: dict[str, Any] = {}
         self._next_topic_attempt = 0.0
         self._initialized = False
+        self._transactions_initialized = False
         self._settings = producer_settings(config)
         self._settings["error_cb"] = self._on_error
         self._settings["on_delivery"] = self._on_delivery
@@ -175,12 +176,16 @@ class MirrorProducer:
         from confluent_kafka import KafkaException
 
         try:
-            self._producer.init_transactions(CALL_SLICE_S)
+            if not self._transactions_initialized:
+                self._producer.init_transactions(CALL_SLICE_S)
+                self._transactions_initialized = True
+            # Right after a topic is created its partitions may have no leader yet
+            # (NOT_LEADER_FOR_PARTITION): the resume point is then read again on the next call.
+            self._resume()
         except KafkaException as error:
             if self._warnings.allow():
-                log.warning("Kafka transactions not initialised yet: %s", error.args[0].str())
+                log.warning("Kafka transactions not ready yet: %s", error.args[0].str())
             return False
-        self._resume()
         self._initialized = True
         self.broker_up = True
         log.info(
