@@ -23,6 +23,15 @@ KAFKA_REQUEST_TIMEOUT_S: Final = 10.0
 # A partition that delivers nothing for this long before its captured end is an error (the broker
 # went away mid-replay), never a hang.
 READ_IDLE_TIMEOUT_S: Final = 30.0
+# How long offsets are asked again while a partition's leader changes (a broker failover).
+LEADER_CHANGE_WAIT_S: Final = 15.0
+_LEADER_CHANGE_ERRORS: Final = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+        KafkaError.LEADER_NOT_AVAILABLE,
+    }
+)
 CONSUME_WAIT_S: Final = 0.5
 CONSUME_BATCH_MESSAGES: Final = 2_000
 
@@ -179,14 +188,7 @@ def watermarks(
     """(low, high) offsets per partition, asked from the broker now."""
     result = {}
     for partition in partitions:
-        try:
-            offsets = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=KAFKA_REQUEST_TIMEOUT_S, cached=False
-            )
-        except KafkaException as error:
-            raise KafkaProblem(
-                f"cannot read the offsets of {topic} partition {partition}: {error.args[0].str()}"
-            ) from None
+        offsets = _watermark_offsets(consumer, TopicPartition(topic, partition))
         if offsets is None:
             raise KafkaProblem(
                 f"no answer for the offsets of {topic} partition {partition} within "
@@ -194,6 +196,27 @@ def watermarks(
             )
         result[partition] = offsets
     return result
+
+
+def _watermark_offsets(consumer: Consumer, partition: TopicPartition) -> tuple[int, int] | None:
+    """One partition's (low, high), asked again while its leadership is moving: right after a
+    broker failover on a cluster the new leader briefly answers NOT_LEADER_FOR_PARTITION or
+    OFFSET_NOT_AVAILABLE ("high watermark not caught up"), for at most LEADER_CHANGE_WAIT_S."""
+    deadline = time.monotonic() + LEADER_CHANGE_WAIT_S
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                partition, timeout=KAFKA_REQUEST_TIMEOUT_S, cached=False
+            )
+        except KafkaException as error:
+            kafka_error = error.args[0]
+            moving = kafka_error.code() in _LEADER_CHANGE_ERRORS
+            if not moving or time.monotonic() >= deadline:
+                raise KafkaProblem(
+                    f"cannot read the offsets of {partition.topic} partition "
+                    f"{partition.partition}: {kafka_error.str()}"
+                ) from None
+            time.sleep(0.2)
 
 
 def offsets_at_time(
