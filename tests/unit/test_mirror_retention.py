@@ -62,7 +62,6 @@ def test_past_the_retained_bound_new_batches_are_dropped_and_counted(
 def test_without_a_process_the_mirror_is_reported_down(handoff: MirrorHandoff) -> None:
     problem = handoff.problem()
     assert problem is not None and "mirror process is down" in problem
-    assert handoff.stats.state != "up"
 
 
 def test_the_producer_writes_in_transactions_under_a_stable_id() -> None:

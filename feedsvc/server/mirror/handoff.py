@@ -41,10 +41,6 @@ RESTART_BACKOFF_RESET_S: Final = 60.0
 REPORT_STALE_S: Final = 5.0
 WARNING_INTERVAL_S: Final = 10.0
 
-STATE_UP: Final = "up"
-STATE_CONNECTING: Final = "connecting"
-STATE_DOWN: Final = "down"
-
 
 @dataclass
 class MirrorStats:
@@ -66,7 +62,6 @@ class MirrorStats:
     restarts: int = 0
     retained_ticks: int = 0
     retained_bytes: int = 0
-    state: str = STATE_CONNECTING
 
     @property
     def undelivered(self) -> int:
@@ -266,7 +261,6 @@ class MirrorHandoff:
             process.ready = True
             self._sent = 0
             self._send_retained()
-        stats.state = STATE_UP if process.ready and stats.broker_up else STATE_CONNECTING
 
     def _forget_committed(self, committed_batch: int) -> None:
         retained, stats = self._retained, self.stats
@@ -286,7 +280,6 @@ class MirrorHandoff:
             exit_code = process.process.exitcode
             process.close()
             self._process = None
-            stats.state = STATE_DOWN
             stats.broker_up = False
             if now - process.started_at >= RESTART_BACKOFF_RESET_S:
                 self._backoff_s = RESTART_BACKOFF_FIRST_S
@@ -305,24 +298,18 @@ class MirrorHandoff:
             self._process = _MirrorProcess(
                 self._context, self.config, self._log_config, self._epoch
             )
-            stats.state = STATE_CONNECTING
             if self._warnings.allow():
                 log.warning("restarted the Kafka mirror process (%d restarts)", stats.restarts)
-        elif (
-            self._process is not None
-            and self._process.last_report_at is not None
-            and now - self._process.last_report_at > REPORT_STALE_S
-        ):
-            stats.state = STATE_DOWN
 
     def problem(self) -> str | None:
         """Why the audit trail is not being written now, or None while it is."""
-        stats = self.stats
-        if self._process is None:
+        stats, process = self.stats, self._process
+        if process is None:
             return f"the Kafka mirror process is down (restarting; {stats.restarts} restarts)"
-        if stats.state == STATE_DOWN:
+        reported_at = process.last_report_at
+        if reported_at is not None and time.monotonic() - reported_at > REPORT_STALE_S:
             return "the Kafka mirror process does not report"
-        if not self._process.ready or not stats.broker_up:
+        if not process.ready or not stats.broker_up:
             return f"Kafka at {self.config.bootstrap} is unreachable: ticks are retained"
         return None
 
