@@ -155,3 +155,12 @@ def test_a_key_is_named_as_written_not_as_the_number_yaml_reads(tmp_path: Path) 
             load_config(path)
         assert error.value.key == named
         assert str(error.value).startswith(f"{named}: unknown key")
+
+
+def test_min_insync_replicas_above_the_replication_factor_names_the_key() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, ["kafka.replication_factor=3", "kafka.min_insync_replicas=4"])
+    message = str(raised.value)
+    assert message.startswith("kafka.min_insync_replicas:") and "\n" not in message
+    config = load_config(None, ["kafka.replication_factor=3", "kafka.min_insync_replicas=2"])
+    assert config.kafka.min_insync_replicas == 2
