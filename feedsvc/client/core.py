@@ -20,7 +20,11 @@ import orjson
 import zmq
 
 from feedsvc.client.conflate import Conflator
-from feedsvc.client.diagnostics import open_handshake_monitor, queued_handshake_failures
+from feedsvc.client.diagnostics import (
+    SilenceReason,
+    open_handshake_monitor,
+    queued_handshake_failures,
+)
 from feedsvc.client.handshake import DEFAULT_SYNC_ATTEMPTS, DEFAULT_SYNC_TIMEOUT_S
 from feedsvc.client.sequence import Duplicate, Gap, Restart, SequenceTracker
 from feedsvc.client.syncing import _SyncRunner
@@ -218,7 +222,7 @@ class _SubscriberCore(_SyncRunner):
         # Liveness is counted from connect: a publisher that never answers is reported dead too.
         self._alive = True
         self._last_message_at = time.monotonic()
-        self._handshake_failure: str | None = None
+        self._silence_reason = SilenceReason()
 
     def _open_sockets(self, context: zmq.Context | None) -> None:
         """The SUB socket, subscribed and connected, its handshake monitor and the sync REQ
@@ -272,14 +276,14 @@ class _SubscriberCore(_SyncRunner):
             return
         for failure in queued_handshake_failures(self._handshake_monitor):
             self.stats.handshake_failures += 1
-            self._handshake_failure = failure
+            self._silence_reason.note(*failure)
 
     @property
     def handshake_failure(self) -> str | None:
         """Why a connection handshake failed during the current silence (a Curve key the
         service does not list, Curve on one side only, the wrong server key), or None; cleared
         when messages arrive again. A subscriber that receives nothing should show it."""
-        return self._handshake_failure
+        return self._silence_reason.text
 
     @property
     def alive(self) -> bool:
@@ -423,7 +427,7 @@ class _SubscriberCore(_SyncRunner):
         self._alive = True
         # The reason given for the silence that just ended is not one for the next silence.
         self._read_handshake_failures()
-        self._handshake_failure = None
+        self._silence_reason.clear()
         if self._on_alive is not None:
             self._on_alive()
 

@@ -46,14 +46,34 @@ def open_handshake_monitor(socket: zmq.Socket, context: zmq.Context, address: st
     return monitor
 
 
-def queued_handshake_failures(monitor: zmq.Socket) -> Iterator[str]:
-    """The description of every failed handshake queued on `monitor`, oldest first; never
-    blocks."""
+def queued_handshake_failures(monitor: zmq.Socket) -> Iterator[tuple[int, int, str]]:
+    """(event, value, endpoint) of every failed handshake queued on `monitor`, oldest first;
+    never blocks."""
     while True:
         try:
             event = recv_monitor_message(monitor, zmq.NOBLOCK)
         except zmq.Again:
             return
-        yield describe_handshake_failure(
-            event["event"], event["value"], event["endpoint"].decode(errors="replace")
-        )
+        yield event["event"], event["value"], event["endpoint"].decode(errors="replace")
+
+
+class SilenceReason:
+    """The most telling failed handshake since messages last arrived, described.
+
+    A reason once seen (a refused key, Curve on one side only) is not replaced by a bare close
+    of a later attempt: whether a reconnect ends in the peer's reason or in a reset that beat
+    it is a race on the wire, and the reason is what the user needs."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self._detailed = False
+
+    def note(self, event: int, value: int, endpoint: str) -> None:
+        detailed = event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        if detailed or not self._detailed:
+            self.text = describe_handshake_failure(event, value, endpoint)
+            self._detailed = detailed
+
+    def clear(self) -> None:
+        self.text = None
+        self._detailed = False
