@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from feedsvc.bench.kafka import PROJECT_ROOT
@@ -57,6 +58,9 @@ from feedsvc.bench.scenarios.mirror_cost_runs import (
 from feedsvc.bench.scenarios.mirror_pollers import CPU_SAMPLE_INTERVAL_S, RunMonitor
 from feedsvc.bench.scenarios.mirror_report import plot_series, table_lines
 from feedsvc.bench.scenarios.mirror_runs import rate_plans
+from feedsvc.bench.scenarios.mirror_twin import encoded_frames
+from feedsvc.protocol.ticks import split_frame
+from feedsvc.server.synthetic import synthetic_symbols
 
 
 def _serve_summary(**mirror: Any) -> dict[str, Any]:
@@ -421,6 +425,15 @@ def test_transactions_figures_ratios_and_verdicts() -> None:
     assert figures["hot_path_ratio_per_pair"] == pytest.approx([6.0 / 6.2, 6.2 / 6.4])
     assert figures["hot_path_verdict"] == "PASS"  # 0.968 >= 0.95
     assert figures["hot_path_ratio_no_txn"] == pytest.approx(6.1 / 6.2)
+    # No off-twin runs: no same-load figure, rather than one made up.
+    assert figures["hot_path_ratio_same_load"] is None
+    assert figures["hot_path_same_load_verdict"] is None
+    twin = [_cost_run("off-twin", 6.3), _cost_run("off-twin", 6.1)]
+    with_twin = transactions_figures([*cost, *twin], lag)
+    assert with_twin["hot_path_ratio_same_load"] == pytest.approx(6.2 / 6.3)
+    assert with_twin["hot_path_ratio_same_load_per_pair"] == pytest.approx([6.3 / 6.2, 6.1 / 6.4])
+    assert with_twin["hot_path_same_load_verdict"] == "PASS"
+    assert with_twin["sharing_ratio"] == pytest.approx(6.1 / 6.2)
     assert figures["mirror_cost_ratio_txn_over_no_txn"] == pytest.approx(13.0 / 7.0)
     assert figures["checkpoint_bytes_per_tick"] == pytest.approx(0.25)
     assert figures["broker_idle_cores"] == pytest.approx(0.03)
@@ -438,15 +451,16 @@ def test_cost_plans_alternate_trees_and_pace() -> None:
     options = parser.parse_args(["--repeats", "2", "--baseline-root", "/tmp/other"])
     plans = cost_plans(options)
     assert [plan.label for plan in plans] == cost_plan_labels(2, with_baseline=True)
-    assert [plan.label for plan in plans][:3] == ["off", "on", "on-no-txn"]
+    assert [plan.label for plan in plans][:4] == ["off", "on", "off-twin", "on-no-txn"]
+    assert [plan.twin for plan in plans][:4] == [False, False, True, False]
     assert [plan.label for plan in plans][-2:] == ["lag-on", "lag-no-txn"]
     assert {str(plan.root) for plan in plans if plan.label.endswith("no-txn")} == {"/tmp/other"}
     assert {plan.root for plan in plans if not plan.label.endswith("no-txn")} == {PROJECT_ROOT}
     assert {plan.rate for plan in plans if plan.visibility} == {PACED_RATE}
     assert {plan.rate for plan in plans if not plan.visibility} == {COST_RATE}
-    assert not any(plan.mirror for plan in plans if plan.label == "off")
+    assert not any(plan.mirror for plan in plans if plan.label in ("off", "off-twin"))
     assert len({plan.run_index for plan in plans}) == len(plans)
-    assert cost_plan_labels(1, with_baseline=False) == ["off", "on", "lag-on"]
+    assert cost_plan_labels(1, with_baseline=False) == ["off", "on", "off-twin", "lag-on"]
     warm = warm_up_plans(options)
     assert [str(plan.root) for plan in warm] == [str(PROJECT_ROOT), "/tmp/other"]
     assert all(plan.mirror and not plan.visibility for plan in warm)
@@ -490,3 +504,12 @@ def test_transaction_options_refused() -> None:
     assert options_problem(parser.parse_args(["--baseline-root", str(PROJECT_ROOT)])) is None
     settings = json_settings(parser.parse_args(["--baseline-root", "/tmp", "--lag-plot", "l.png"]))
     assert settings["baseline_root"] == "/tmp" and settings["lag_plot"] == "l.png"
+
+
+def test_the_twin_is_fed_frames_as_serve_encodes_them() -> None:
+    frames = encoded_frames(2_500, symbols=50, epoch=7)
+    assert len(frames) == 2_500
+    topic, payload = split_frame(frames[0])
+    tick = orjson.loads(payload)
+    assert tick["sym"] == topic and tick["epoch"] == 7 and tick["seq"] == 1
+    assert {split_frame(frame)[0] for frame in frames} == set(synthetic_symbols(50))

@@ -23,7 +23,7 @@ COST_RATE: Final = 20_000
 # share of the same figure with the mirror off (off / on >= 0.95).
 HOT_PATH_TARGET: Final = 0.95
 VISIBILITY_TARGET_S: Final = 1.0
-COST_LABELS: Final = ("off", "on", "on-no-txn")
+COST_LABELS: Final = ("off", "off-twin", "on", "on-no-txn")
 LAG_LABELS: Final = ("lag-on", "lag-no-txn")
 _TS_FIELD: Final = b'"ts":'
 # (stat field 14 utime, 15 stime, 16 cutime, 17 cstime) counted after the ")" of the name.
@@ -208,6 +208,21 @@ def transactions_figures(
     ]
     figures["hot_path_target"] = HOT_PATH_TARGET
     figures["hot_path_verdict"] = "PASS" if hot is not None and hot >= HOT_PATH_TARGET else "MISS"
+    # The same ratio with the mirror's load on the machine in both runs (see mirror_twin): what
+    # the side path costs the hot path itself, without what sharing 2 cores with it costs.
+    twin = summary.get("off-twin", {})
+    own = ratio(twin.get("serve_us_per_tick_median"), on.get("serve_us_per_tick_median"))
+    figures["hot_path_ratio_same_load"] = own
+    figures["hot_path_ratio_same_load_per_pair"] = [
+        ratio(run_twin.get("serve_us_per_tick"), run_on.get("serve_us_per_tick"))
+        for run_twin, run_on in zip(by_label["off-twin"], by_label["on"], strict=False)
+    ]
+    figures["hot_path_same_load_verdict"] = (
+        None if own is None else "PASS" if own >= HOT_PATH_TARGET else "MISS"
+    )
+    figures["sharing_ratio"] = ratio(
+        off.get("serve_us_per_tick_median"), twin.get("serve_us_per_tick_median")
+    )
     no_txn = summary.get("on-no-txn", {})
     figures["hot_path_ratio_no_txn"] = ratio(
         off.get("serve_us_per_tick_median"), no_txn.get("serve_us_per_tick_median")
@@ -233,9 +248,10 @@ def transactions_figures(
 
 
 def cost_plan_labels(repeats: int, with_baseline: bool) -> list[str]:
-    """The order of the cost runs: off, on (and on-no-txn) alternating, `repeats` times; then
+    """The order of the cost runs: off, on, off-twin (and on-no-txn) alternating, `repeats`
+    times; then
     the lag runs, on (and no-txn) alternating."""
-    cost = ["off", "on", *(["on-no-txn"] if with_baseline else [])]
+    cost = ["off", "on", "off-twin", *(["on-no-txn"] if with_baseline else [])]
     lag = ["lag-on", *(["lag-no-txn"] if with_baseline else [])]
     return [label for _ in range(repeats) for label in cost] + [
         label for _ in range(repeats) for label in lag

@@ -41,6 +41,7 @@ COST_COLUMNS: Final[tuple[tuple[str, str, Callable[[float | None], str], int], .
 )
 COST_ROWS: Final = (
     ("off", "mirror OFF"),
+    ("off-twin", "OFF + mirror's load"),
     ("on", "ON, transactions"),
     ("on-no-txn", "ON, no txn (baseline)"),
 )
@@ -50,6 +51,8 @@ LEGEND: Final = (
     "hand-off, supervision; its mirror child is not in it) over the window / ticks published in it",
     "mirror us/tick: the mirror process's CPU / the same ticks; broker: the broker JVM's, idle "
     "work included (mirror OFF row: the broker idling)",
+    "OFF + mirror's load: mirror OFF, with the same mirror process and broker load beside serve "
+    "(bench.scenarios.mirror_twin: a MirrorHandoff fed pre-encoded frames at the same rate)",
     "ckpt B/tick: key + value bytes of the checkpoint records read back (read_committed) / ticks "
     "the mirror delivered in the run; disk: log segment bytes of the checkpoint topic / the same",
     "topic disk B/t: log segment bytes of the tick topic (lz4 batches, transaction markers) per "
@@ -117,6 +120,14 @@ def print_transactions(
             else ")"
         )
     )
+    if figures.get("hot_path_ratio_same_load") is not None:
+        same = " ".join(_ratio(value) for value in figures["hot_path_ratio_same_load_per_pair"])
+        print(
+            "  with the mirror's load beside serve in both runs (OFF + mirror's load / ON): "
+            f"{_ratio(figures['hot_path_ratio_same_load'])}   target >= {HOT_PATH_TARGET}   "
+            f"{figures['hot_path_same_load_verdict']}   (per pair: {same}); sharing the cores "
+            f"alone, OFF / OFF + mirror's load: {_ratio(figures['sharing_ratio'])}"
+        )
     children = [run.get("serve_children_cpu_s") for run in cost_runs]
     print(
         "  serve's waited-for children's CPU over the windows (cutime+cstime: must be 0, the "

@@ -11,7 +11,9 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import subprocess
+import sys
 import threading
 import time
 from array import array
@@ -68,6 +70,7 @@ TOPIC_WAIT_TIMEOUT_S: Final = 60.0
 CHECKPOINT_READ_TIMEOUT_S: Final = 60.0
 CONSUME_BATCH: Final = 10_000
 WARM_UP_RUN_S: Final = 5.0
+TWIN_READY_TIMEOUT_S: Final = 60.0
 
 
 @dataclass
@@ -80,6 +83,8 @@ class CostPlan:
     rate: float
     run_index: int
     visibility: bool
+    # Mirror OFF with `mirror_twin` beside it: the mirror's load on the machine, not on serve.
+    twin: bool = False
 
 
 def cost_plans(options: argparse.Namespace) -> list[CostPlan]:
@@ -91,10 +96,11 @@ def cost_plans(options: argparse.Namespace) -> list[CostPlan]:
             CostPlan(
                 label=label,
                 root=baseline if label.endswith("no-txn") and baseline else PROJECT_ROOT,
-                mirror=label != "off",
+                mirror=label not in ("off", "off-twin"),
                 rate=float(options.lag_rate if is_lag else options.cost_rate),
                 run_index=COST_RUN_INDEX + index,
                 visibility=is_lag,
+                twin=label == "off-twin",
             )
         )
     return plans
@@ -116,9 +122,11 @@ class CostMonitor(RunMonitor):
     (every POLL_INTERVAL_S, and once more right after the window): RunMonitor's 0.5 s steps
     would leave up to half a second at the window's end uncounted."""
 
-    def __init__(self, broker: KafkaBroker) -> None:
+    def __init__(self, broker: KafkaBroker, twin_pid: int | None = None) -> None:
         super().__init__(broker)
         self._mirror: int | None = None
+        self._twin = twin_pid
+        self._twin_mirror: int | None = None
 
     def __call__(self, serve_pid: int) -> None:
         now = time.monotonic()
@@ -131,7 +139,14 @@ class CostMonitor(RunMonitor):
         own_s, children_s = parse_stat_times(stat_text, os.sysconf("SC_CLK_TCK"))
         self.record("serve", serve_pid, now, own_s)
         self.record("serve_children", serve_pid, now, children_s)
-        for name, pid in (("mirror", self._mirror), ("broker", self.broker.pid())):
+        if self._twin is not None and self._twin_mirror is None:
+            self._twin_mirror = mirror_process_pid(self._twin)
+        for name, pid in (
+            ("mirror", self._mirror),
+            ("broker", self.broker.pid()),
+            ("twin", self._twin),
+            ("twin_mirror", self._twin_mirror),
+        ):
             cpu_s = None if pid is None else process_cpu_seconds(pid)
             if pid is not None and cpu_s is not None:
                 self.record(name, pid, now, cpu_s)
@@ -281,6 +296,35 @@ def _optional(manager: Any) -> Iterator[Any]:
             yield entered
 
 
+def start_twin(
+    plan: CostPlan,
+    options: argparse.Namespace,
+    broker: KafkaBroker,
+    log_path: Path,
+    cleanup: contextlib.ExitStack,
+) -> subprocess.Popen[bytes]:
+    """`mirror_twin` at the run's rate on its own topic, once its mirror process reports."""
+    command = [
+        sys.executable,
+        "-m",
+        "feedsvc.bench.scenarios.mirror_twin",
+        f"--bootstrap={broker.bootstrap}",
+        f"--topic={new_topic('twin')}",
+        f"--rate={plan.rate:g}",
+        f"--symbols={options.symbols}",
+        f"--partitions={PARTITIONS}",
+        *(f"--set={setting}" for setting in options.set),
+    ]
+    twin_log = cleanup.enter_context(log_path.with_suffix(".twin.log").open("wb"))
+    twin = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=twin_log)
+    cleanup.callback(kill_process, twin)
+    assert twin.stdout is not None
+    ready, _, _ = select.select([twin.stdout], [], [], TWIN_READY_TIMEOUT_S)
+    if not ready or not twin.stdout.readline().startswith(b"ready"):
+        raise BenchError(f"the mirror twin did not start; see {log_path.with_suffix('.twin.log')}")
+    return twin
+
+
 def _wait_for_subscriber(
     subscriber: subprocess.Popen[bytes],
     serve: subprocess.Popen[bytes],
@@ -325,7 +369,6 @@ def run_cost(
         settings += ["metrics.host=127.0.0.1", f"metrics.port={metrics_port}"]
     command = serve_command(serve_settings(endpoint, options, settings), summary_path)
     env = {**os.environ, "PYTHONPATH": str(plan.root)}
-    monitor = CostMonitor(broker)
     reader = VisibilityReader(broker.bootstrap, topic) if plan.visibility and topic else None
     acked = WatermarkPoller(broker.bootstrap, topic) if plan.visibility and topic else None
     published = PublishedPoller(metrics_port) if metrics_port is not None else None
@@ -336,6 +379,8 @@ def run_cost(
         _optional(published),
         contextlib.ExitStack() as cleanup,
     ):
+        twin = start_twin(plan, options, broker, log_path, cleanup) if plan.twin else None
+        monitor = CostMonitor(broker, None if twin is None else twin.pid)
         serve_log = cleanup.enter_context(log_path.open("wb"))
         serve = subprocess.Popen(
             command, cwd=plan.root, env=env, stdout=subprocess.DEVNULL, stderr=serve_log
@@ -352,6 +397,8 @@ def run_cost(
         raw = _wait_for_subscriber(subscriber, serve, options, monitor, log_path)
         monitor(serve.pid)
         stop_process(serve, options.flush_timeout + EXIT_MARGIN_S)
+        if twin is not None:
+            stop_process(twin, options.flush_timeout + EXIT_MARGIN_S)
     run_s = time.monotonic() - started
     window = summarize("feedsvc", raw, None, options.hwm)
     start, end = window["window_start"], window["window_end"]
@@ -374,7 +421,9 @@ def run_cost(
         "mean_tick_bytes": window["mean_frame_bytes"],
         "serve_cpu_s": raw["publisher_cpu_s"],
         "serve_children_cpu_s": cpu_s("serve_children"),
-        "mirror_cpu_s": cpu_s("mirror") if plan.mirror else 0.0,
+        # The twin's mirror process stands in the mirror's column of its row: the same load.
+        "mirror_cpu_s": cpu_s("mirror") if plan.mirror else cpu_s("twin_mirror") if twin else 0.0,
+        "twin_cpu_s": cpu_s("twin") if twin else None,
         "broker_cpu_s": cpu_s("broker"),
         "broker_cpu_cores": monitor.cores("broker", start, end),
         "mirror_pid_found": monitor.mirror_pid is not None,
