@@ -374,7 +374,11 @@ class Service:
         fd_warning_limiter = RateLimiter(FD_WARNING_INTERVAL_S, monotonic)
         published_at_last_stats, last_stats_at = 0, monotonic()
         mirror = self.mirror
-        mirror_stats_limiter = RateLimiter(MIRROR_STATS_INTERVAL_S, monotonic)
+        # The side path's work is due by age, by count or for its stats: a pass that finds
+        # none of them due costs two comparisons (the loop runs thousands of passes a second).
+        mirror_pending = mirror.pending_frames if mirror is not None else []
+        mirror_batch_ticks = mirror.batch_ticks if mirror is not None else 0
+        mirror_due_at = mirror_stats_at = monotonic()
 
         metrics = self.metrics
         perf_counter = time.perf_counter
@@ -406,14 +410,17 @@ class Service:
             if pacer is not None:
                 wait_s = min(wait_s, pacer.seconds_until_next(now))
             if mirror is not None:
-                mirror.flush_if_due(now)
-                wait_s = min(wait_s, mirror.seconds_until_flush(now))
-                if mirror_stats_limiter.allow():
-                    mirror.receive_stats()
-                    self._recent_publish_rate = (publisher.published - published_at_last_rate) / (
-                        max(now - last_rate_at, 1e-3)
-                    )
-                    published_at_last_rate, last_rate_at = publisher.published, now
+                if now >= mirror_due_at or len(mirror_pending) >= mirror_batch_ticks:
+                    mirror.flush_if_due(now)
+                    if now >= mirror_stats_at:
+                        mirror.receive_stats()
+                        self._recent_publish_rate = (
+                            publisher.published - published_at_last_rate
+                        ) / max(now - last_rate_at, 1e-3)
+                        published_at_last_rate, last_rate_at = publisher.published, now
+                        mirror_stats_at = now + MIRROR_STATS_INTERVAL_S
+                    mirror_due_at = min(mirror.flush_due_at, mirror_stats_at)
+                wait_s = min(wait_s, mirror_due_at - now)
             ready = dict(poller.poll(math.ceil(wait_s * 1000) if wait_s > 0 else 0))
             # Connections first: a connection over a cap is closed before it is served.
             peers_changed = False
@@ -552,6 +559,9 @@ class Service:
         """Publish queued ingest frames until the socket is empty or the budget is spent."""
         pull, publisher, decoder, guard = self._pull, self.publisher, self.decoder, self.guard
         mirror, monotonic = self.mirror, time.monotonic
+        # Per frame only the count is checked; the age is the loop's (this pass is bounded).
+        mirror_pending = mirror.pending_frames if mirror is not None else []
+        mirror_batch_ticks = mirror.batch_ticks if mirror is not None else 0
         metrics, perf_counter = self.metrics, time.perf_counter
         recv = pull.recv
         sent = 0
@@ -569,8 +579,8 @@ class Service:
                 sent += sent_now
                 if metrics is not None:
                     metrics.publish_latency_seconds.observe(finished - batch_started)
-                if mirror is not None:
-                    mirror.flush_if_due(monotonic())
+                if mirror is not None and len(mirror_pending) >= mirror_batch_ticks:
+                    mirror.flush(monotonic())
             if finished > deadline:
                 break
         self.ingested_by_source["ingest"] += sent

@@ -144,7 +144,10 @@ class MirrorHandoff:
         self._log_config = log_config
         self._epoch = epoch
         self._pending: list[bytes] = []
+        # The hot path appends to this list; the loop reads its length (one call per pass).
+        self.pending_frames = self._pending
         self.append = self._pending.append
+        self.batch_ticks = config.handoff_batch_ticks
         self._clock = clock
         self._last_flush = clock()
         self._max_delay_s = config.handoff_max_delay_ms / 1000
@@ -173,26 +176,24 @@ class MirrorHandoff:
         return self._process.pid if self._process is not None else None
 
     def flush_if_due(self, now: float) -> None:
-        """Once per loop pass: only the check of the pending list. Batches a full socket did not
-        take are sent again with the next batch and on the stats timer."""
-        pending = self._pending
-        if pending and (
-            len(pending) >= self.config.handoff_batch_ticks
-            or now - self._last_flush >= self._max_delay_s
-        ):
+        """Flush when the pending frames are due by count or age. At an age with nothing
+        pending this only restarts the clock, so `flush_due_at` is never in the past for long.
+        Batches a full socket did not take are sent again with the next batch and on the stats
+        timer."""
+        if len(self._pending) >= self.batch_ticks or now - self._last_flush >= self._max_delay_s:
             self.flush(now)
+
+    @property
+    def flush_due_at(self) -> float:
+        """When pending frames are due by age (monotonic); by count: ``len(pending_frames) >=
+        batch_ticks``. The service loop compares these and calls flush_if_due only then."""
+        return self._last_flush + self._max_delay_s
 
     @property
     def backlog(self) -> int:
         """Ticks published and not yet committed in Kafka (dropped ones excluded)."""
         stats = self.stats
         return max(0, stats.handed_off + len(self._pending) - stats.delivered)
-
-    def seconds_until_flush(self, now: float) -> float:
-        """How long the service loop may sleep before pending frames are due."""
-        if not self._pending:
-            return self._max_delay_s
-        return max(0.0, self._last_flush + self._max_delay_s - now)
 
     def flush(self, now: float) -> None:
         """Retain the pending frames as one batch and hand over what the socket takes; past
