@@ -14,6 +14,7 @@ from feedsvc.cli import EXIT_USAGE
 from feedsvc.config import ConfigError, load_config
 from feedsvc.curve import key_files_problem
 from feedsvc.logs import setup_logging
+from feedsvc.server.collector import settle_after_start
 from feedsvc.server.service import Service, StartupError
 
 
@@ -78,6 +79,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload_keys)
+    settle_after_start()
     service.run()
     if args.summary_file is not None:
         _write_atomically(
