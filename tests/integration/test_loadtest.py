@@ -215,6 +215,82 @@ def test_loadtest_usage_errors_say_what_to_fix(tmp_path: Path) -> None:
         "--profile", "burst", "--duration", "3", "--burst-every", "5"
     )
     assert "--step-factor" in run_usage_error("--profile", "step", "--step-factor", "1")
+    assert "needs --rate > 0" in run_usage_error("--source", "ingest", "--rate", "0")
+    assert "--repeats must be >= 1" in run_usage_error("--repeats", "0")
+    assert "--ingest-batch must be >= 1" in run_usage_error("--ingest-batch", "0")
     assert "--curve needs --transport tcp" in run_usage_error("--curve", "--transport", "ipc")
     stderr = run_usage_error("--plot", str(tmp_path), blocked_module="matplotlib")
     assert "--plot needs matplotlib (pip install feedsvc[bench])" in stderr
+
+
+def _check_ingest_section(section: dict[str, Any], batch: int) -> None:
+    """A run of the ingest path: every tick the feed handler sent was published and reached
+    the subscriber, and latency is there from ts_src as well as from ts."""
+    feed = section["feed"]
+    assert feed["batch"] == batch and feed["unsent"] == 0
+    assert feed["sent"] > 0
+    assert feed["frames"] * batch == feed["sent"]  # only whole batches go out
+    assert section["published_total"] == feed["sent"]
+    (subscriber,) = section["subscribers"]
+    assert subscriber["missed"] == 0 and subscriber["gaps"] == 0 and subscriber["duplicates"] == 0
+    assert subscriber["received"] == subscriber["published_in_span"] > 0
+    # The feed began once it had a heartbeat: it saw every tick the feed sent.
+    assert subscriber["received"] == feed["sent"]
+    for name in ("latency_us", "latency_src_us"):
+        latency = section[name]
+        assert 0 < latency["p50"] <= latency["p99"] <= latency["p999"] <= latency["max"]
+    # ts_src is stamped before ts: the whole path is at least the publisher-to-subscriber hop.
+    assert section["latency_src_us"]["p50"] >= section["latency_us"]["p50"]
+    assert all("src_p99" in row for row in section["over_time"])
+
+
+def test_loadtest_ingest_source_measures_the_feed_handler_path(tmp_path: Path) -> None:
+    report = run_loadtest(
+        tmp_path,
+        "--source",
+        "ingest",
+        "--transport",
+        "tcp",
+        "--subscribers",
+        "1",
+        "--slow",
+        "0",
+        "--baseline",
+        "--repeats",
+        "2",
+        "--duration",
+        "2",
+    )
+    assert report["settings"]["source"] == "ingest"
+    assert report["settings"]["repeats"] == 2
+    for kind in ("feedsvc", "baseline"):
+        section = report[kind]
+        _check_ingest_section(section, batch=1)
+        repeats = section["repeats"]
+        assert repeats["count"] == 2 and len(repeats["runs"]) == 2
+        assert len(section["over_time_by_run"]) == 2
+        p99 = repeats["spread"]["latency_src_us"]["p99"]
+        assert p99["min"] <= section["latency_src_us"]["p99"] <= p99["max"]
+        assert [run["feed_sent"] for run in repeats["runs"]] == [
+            run["published_total"] for run in repeats["runs"]
+        ]
+    assert set(report["ratios"]) >= {"src_p50", "src_p99", "src_p999", "p99"}
+
+
+def test_loadtest_ingest_source_in_batches(tmp_path: Path) -> None:
+    report = run_loadtest(
+        tmp_path,
+        "--source",
+        "ingest",
+        "--ingest-batch",
+        "100",
+        "--subscribers",
+        "1",
+        "--slow",
+        "0",
+        "--duration",
+        "2",
+    )
+    assert report["settings"]["ingest_batch"] == 100
+    _check_ingest_section(report["feedsvc"], batch=100)
+    assert "baseline" not in report

@@ -192,6 +192,8 @@ def test_mirror_figures_from_prometheus_client_exposition() -> None:
 def loadtest_args(**overrides: Any) -> argparse.Namespace:
     settings = {
         "rate": 1_000.0,
+        "source": "synthetic",
+        "ingest_batch": 1,
         "symbols": 5,
         "slow_fraction": 0.1,
         "profile": "steady",

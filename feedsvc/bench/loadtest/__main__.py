@@ -2,6 +2,6 @@
 
 import sys
 
-from feedsvc.bench.loadtest.roles import main
+from feedsvc.bench.loadtest.worker import main
 
 sys.exit(main())

@@ -9,7 +9,8 @@
 - latency = receive ``time.time_ns()`` - ``ts``, per tick, at the fast subscribers (HdrHistogram
   in microseconds if ``hdrh`` is installed, else sorted raw values); the slow subscribers report
   the same figure as their tick age. Subscribers keep one histogram per second of receive time;
-  the whole-run figures merge them, ``over_time`` lists them for the measured seconds.
+  the figures of a run merge them over the measured seconds (the connect and the stop left
+  out), ``over_time`` lists them one by one.
 - behind_at_stop = per symbol, the newest seq any subscriber of the run saw minus this
   subscriber's last seq, summed: ticks it had not read (queued, or dropped by the PUB socket at
   its high-water mark) when it was stopped. A slow subscriber's drops lie past its queue, so they
@@ -24,7 +25,7 @@ from typing import Any, Final
 
 from feedsvc.bench.latency import latency_percentiles
 from feedsvc.bench.loadtest.window import MeasuredWindow
-from feedsvc.bench.report import ratio
+from feedsvc.bench.report import median, ratio
 from feedsvc.bench.scrape import metric_samples
 
 # With --profile step and --rate 0, the first step's rate.
@@ -38,6 +39,9 @@ MIRROR_METRICS: Final = {
     "mirror_delivered_total": "feedsvc_mirror_delivered_total",
 }
 PERCENTILE_NAMES: Final = ("p50", "p99", "p999", "max")
+# The latency figures a section may have: from ts (the publisher's stamp) and, with
+# --source ingest, from ts_src (the feed handler's).
+LATENCY_FIGURES: Final = ("latency_us", "latency_src_us")
 
 # A subscriber's per-second latency dumps: Unix second (as text) -> `LatencyRecorder.dump` value.
 DumpsBySecond = dict[str, dict[str, Any]]
@@ -70,28 +74,42 @@ def _merged_seconds(dumps_by_second: list[DumpsBySecond], seconds: list[int]) ->
     }
 
 
+def _in_window(by_second: DumpsBySecond, window: MeasuredWindow) -> list[dict[str, Any]]:
+    """The dumps of the measured seconds: the connect and the stop are not the steady state
+    (with --source ingest the ticks queued before the service's ingest socket was up arrive
+    late in the first moments)."""
+    return [by_second[str(second)] for second in window.seconds if str(second) in by_second]
+
+
 def _overlaps(offset: int, burst_windows: list[tuple[float, float]]) -> bool:
     """Whether the second starting `offset` s into the window overlaps a burst window."""
     return any(begin < offset + 1 and end > offset for begin, end in burst_windows)
 
 
-def over_time(dumps_by_second: list[DumpsBySecond], window: MeasuredWindow) -> list[dict[str, Any]]:
+def over_time(
+    dumps_by_second: list[DumpsBySecond],
+    window: MeasuredWindow,
+    source_dumps_by_second: list[DumpsBySecond] | None = None,
+) -> list[dict[str, Any]]:
     """Per measured second: received ticks (summed and per subscriber) and latency percentiles
-    over the given subscribers' per-second dumps; `in_burst` when it overlaps a burst window."""
+    over the given subscribers' per-second dumps; `in_burst` when it overlaps a burst window.
+    With source dumps (--source ingest) also ``src_p50`` ... ``src_max``: from ts_src."""
     burst_windows = window.burst_windows()
     rows = []
     for offset, second in enumerate(window.seconds):
         merged = _merged_seconds(dumps_by_second, [second])
         latency = merged["latency_us"]
-        rows.append(
-            {
-                "t_s": offset,
-                "received": merged["received"],
-                "received_per_subscriber": merged["received_per_s"],
-                **{name: latency[name] for name in PERCENTILE_NAMES},
-                "in_burst": _overlaps(offset, burst_windows),
-            }
-        )
+        row = {
+            "t_s": offset,
+            "received": merged["received"],
+            "received_per_subscriber": merged["received_per_s"],
+            **{name: latency[name] for name in PERCENTILE_NAMES},
+            "in_burst": _overlaps(offset, burst_windows),
+        }
+        if source_dumps_by_second is not None:
+            source = _merged_seconds(source_dumps_by_second, [second])["latency_us"]
+            row.update({f"src_{name}": source[name] for name in PERCENTILE_NAMES})
+        rows.append(row)
     return rows
 
 
@@ -149,33 +167,36 @@ def summarize(
             newest - last_seq.get(symbol, 0) for symbol, newest in newest_seq.items()
         )
         by_second = result.pop("latency_by_second")
-        latency = latency_percentiles(by_second.values())
+        source_by_second = result.pop("source_latency_by_second", None)
+        latency = latency_percentiles(_in_window(by_second, window))
         entry = {"index": index, **result, "latency_us": latency}
+        if source_by_second is not None:
+            entry["latency_src_us"] = latency_percentiles(_in_window(source_by_second, window))
         entry["received_by_second"] = [
             by_second.get(str(second), {}).get("count", 0) for second in window.seconds
         ]
         entry["consistent"] = result["received"] + result["missed"] == result["published_in_span"]
         if result["slow"]:
             entry["tick_age_us"] = latency
-        subscribers.append((entry, by_second))
+        subscribers.append((entry, by_second, source_by_second))
     # The fast subscribers' spans are long; a slow one's few ticks give a noisy rate.
-    readers = [entry for entry, _ in subscribers if not entry["slow"]] or [
-        entry for entry, _ in subscribers
+    readers = [entry for entry, _, _ in subscribers if not entry["slow"]] or [
+        entry for entry, _, _ in subscribers
     ]
     rates = [entry["publish_rate"] for entry in readers if entry["publish_rate"]]
     mirror = (publisher_summary or {}).get("mirror") or {}
     cpu_values = [s["cpu_cores"] for s in samples if s["cpu_cores"] is not None]
     rss_values = [s["rss_bytes"] for s in samples if s["rss_bytes"] is not None]
     # The section's latency is the fast subscribers' (all of them if every one is slow).
-    fast = [by_second for entry, by_second in subscribers if not entry["slow"]] or [
-        by_second for _, by_second in subscribers
-    ]
+    fast_rows = [row for row in subscribers if not row[0]["slow"]] or subscribers
+    fast = [by_second for _, by_second, _ in fast_rows]
+    fast_source = [source for _, _, source in fast_rows if source is not None] or None
     section: dict[str, Any] = {
         "publish_rate": max(rates) if rates else None,
         "latency_us": latency_percentiles(
-            dump for by_second in fast for dump in by_second.values()
+            dump for by_second in fast for dump in _in_window(by_second, window)
         ),
-        "subscribers": [entry for entry, _ in subscribers],
+        "subscribers": [entry for entry, _, _ in subscribers],
         "published_total": publisher_summary["published"] if publisher_summary else None,
         "publisher_exit_code": publisher_exit,
         "publisher": {
@@ -187,8 +208,12 @@ def summarize(
             "samples": samples,
         },
         "window": {"start_unix_s": window.start_unix_s, "duration_s": window.duration_s},
-        "over_time": over_time(fast, window),
+        "over_time": over_time(fast, window, fast_source),
     }
+    if fast_source is not None:
+        section["latency_src_us"] = latency_percentiles(
+            dump for by_second in fast_source for dump in _in_window(by_second, window)
+        )
     if window.bursts is not None:
         section["bursts"] = burst_figures(fast, window)
     if kind == "feedsvc":
@@ -254,6 +279,11 @@ def ratios(feedsvc: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float
     figures = {"publish_rate": ratio(feedsvc["publish_rate"], baseline["publish_rate"])}
     for name in PERCENTILE_NAMES:
         figures[name] = ratio(feedsvc["latency_us"][name], baseline["latency_us"][name])
+    if "latency_src_us" in feedsvc and "latency_src_us" in baseline:
+        for name in PERCENTILE_NAMES:
+            figures[f"src_{name}"] = ratio(
+                feedsvc["latency_src_us"][name], baseline["latency_src_us"][name]
+            )
     figures["publisher_cpu_cores_mean"] = ratio(
         feedsvc["publisher"]["cpu_cores_mean"], baseline["publisher"]["cpu_cores_mean"]
     )
@@ -267,3 +297,56 @@ def ratios(feedsvc: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float
             feedsvc["max_sustained_rate"], baseline["max_sustained_rate"]
         )
     return figures
+
+
+def _run_figures(section: dict[str, Any]) -> dict[str, Any]:
+    """One run's headline figures, as `repeated_section` lists them."""
+    figures: dict[str, Any] = {
+        "publish_rate": section["publish_rate"],
+        "publisher_cpu_cores_mean": section["publisher"]["cpu_cores_mean"],
+        "gaps": sum(entry["gaps"] for entry in section["subscribers"] if not entry["slow"]),
+    }
+    for name in LATENCY_FIGURES:
+        if name in section:
+            figures[name] = dict(section[name])
+    if "feed" in section:
+        figures["feed_sent"] = section["feed"]["sent"]
+        figures["published_total"] = section["published_total"]
+    return figures
+
+
+def repeated_section(sections: list[dict[str, Any]]) -> dict[str, Any]:
+    """--repeats N runs of one kind as one section: the median of the publish rate, of the
+    publisher's mean CPU and of every latency percentile are the section's own figures (so the
+    table and `ratios` read it like one run); ``repeats`` holds each run's figures and, per
+    figure, the median, min and max over the runs. Subscribers, samples and over_time are the
+    last run's; ``over_time_by_run`` keeps every run's for the plots."""
+    runs = [_run_figures(section) for section in sections]
+    combined = dict(sections[-1])
+    combined["publisher"] = dict(combined["publisher"])
+    spread: dict[str, Any] = {}
+
+    def summary(values: list[float | None]) -> dict[str, float | None]:
+        known = [value for value in values if value is not None]
+        return {
+            "median": median(known),
+            "min": min(known) if known else None,
+            "max": max(known) if known else None,
+        }
+
+    for key in ("publish_rate", "publisher_cpu_cores_mean"):
+        spread[key] = summary([run[key] for run in runs])
+    combined["publish_rate"] = spread["publish_rate"]["median"]
+    combined["publisher"]["cpu_cores_mean"] = spread["publisher_cpu_cores_mean"]["median"]
+    for name in LATENCY_FIGURES:
+        if all(name in run for run in runs):
+            spread[name] = {
+                percentile: summary([run[name][percentile] for run in runs])
+                for percentile in PERCENTILE_NAMES
+            }
+            combined[name] = {
+                percentile: figures["median"] for percentile, figures in spread[name].items()
+            }
+    combined["repeats"] = {"count": len(sections), "runs": runs, "spread": spread}
+    combined["over_time_by_run"] = [section["over_time"] for section in sections]
+    return combined

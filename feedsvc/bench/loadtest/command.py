@@ -31,6 +31,7 @@ from feedsvc.bench.loadtest.analysis import (
     STEP_START_RATE,
     STEP_SUSTAINED_FRACTION,
     ratios,
+    repeated_section,
     step_targets,
 )
 from feedsvc.bench.loadtest.render import print_table
@@ -51,6 +52,17 @@ def check_usage(args: argparse.Namespace) -> str | None:
         return f"--slow must be between 0 and --subscribers ({args.subscribers})"
     if not 0 < args.slow_fraction <= 1:
         return "--slow-fraction must be > 0 and <= 1"
+    if args.repeats < 1:
+        return "--repeats must be >= 1"
+    if args.ingest_batch < 1:
+        return "--ingest-batch must be >= 1"
+    if args.source == "ingest":
+        if args.rate <= 0:
+            return "--source ingest needs --rate > 0 (the feed handler is paced)"
+        if args.profile != "steady" or args.curve or args.slow:
+            return "--source ingest runs the steady profile, without --curve and --slow"
+    if args.repeats > 1 and args.profile == "step":
+        return "--repeats is for the steady and burst profiles (a step run repeats itself)"
     if args.mirror and not args.kafka_bootstrap:
         return "--mirror needs --kafka-bootstrap HOST:PORT"
     if args.curve and args.transport != "tcp":
@@ -95,6 +107,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             "slow": args.slow,
             "slow_fraction": args.slow_fraction,
             "transport": args.transport,
+            "source": args.source,
+            "ingest_batch": args.ingest_batch if args.source == "ingest" else None,
+            "repeats": args.repeats,
             "mirror": args.mirror,
             "curve": args.curve,
             "latency_histogram": "hdr" if hdr_available() else "sorted raw values",
@@ -116,10 +131,17 @@ def run_from_args(args: argparse.Namespace) -> int:
             step_sustained_fraction=STEP_SUSTAINED_FRACTION,
         )
     run = measure_steps if args.profile == "step" else measure
+    kinds = ["feedsvc", *(["baseline"] if args.baseline else [])]
     try:
-        report["feedsvc"] = run("feedsvc", args, workdir)
+        # Alternating, so that a slow minute of the machine falls on both kinds alike.
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        for number in range(1, args.repeats + 1):
+            for kind in kinds:
+                label = kind if args.repeats == 1 else f"{kind} run {number}/{args.repeats}"
+                runs[kind].append(run(kind, args, workdir, label))
+        for kind in kinds:
+            report[kind] = runs[kind][0] if args.repeats == 1 else repeated_section(runs[kind])
         if args.baseline:
-            report["baseline"] = run("baseline", args, workdir)
             report["ratios"] = ratios(report["feedsvc"], report["baseline"])
     except LoadtestError as error:
         print(f"feedsvc loadtest: {error}\n(logs kept in {workdir})", file=sys.stderr)
@@ -156,6 +178,31 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         help="slow subscribers read at this fraction of --rate (default 0.01)",
     )
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    parser.add_argument(
+        "--source",
+        choices=("synthetic", "ingest"),
+        default="synthetic",
+        help="synthetic: the service's own synthetic feed; ingest: a feed-handler process PUSHes "
+        "ticks (stamped ts_src) to the service's ingest endpoint, the path a desk runs, and the "
+        "baseline is a minimal hand-written relay (PULL, decode, seq, encode, PUB); latency is "
+        "reported from ts_src as well as from ts",
+    )
+    parser.add_argument(
+        "--ingest-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="--source ingest: ticks per ingest frame (1: one JSON object per frame; more: a "
+        "JSON array)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N runs of each kind, alternating; the report gives the median of each figure and "
+        "its spread over the runs (single runs on a 2-core machine are noisy)",
+    )
     parser.add_argument(
         "--curve",
         action="store_true",

@@ -60,6 +60,9 @@ def print_table(report: dict[str, Any]) -> None:
             whole(section["publish_rate"]),
             *_percentile_cells(section["latency_us"]),
         )
+        if "latency_src_us" in section:
+            source_cells = _percentile_cells(section["latency_src_us"])
+            table.add_row("", "from ts_src", *[""] * 6, *source_cells)
         for entry in section["subscribers"]:
             table.add_row(
                 "",
@@ -86,6 +89,19 @@ def print_table(report: dict[str, Any]) -> None:
             f"{'-' if rss is None else f'{rss / 2**20:.1f} MiB'}; "
             f"published in total {whole(section['published_total'])}"
         )
+    for kind in ("feedsvc", "baseline"):
+        section = report.get(kind)
+        if section is None:
+            continue
+        if "feed" in section:
+            feed = section["feed"]
+            console.print(
+                f"{kind}: the feed handler sent {whole(feed['sent'])} ticks in "
+                f"{whole(feed['frames'])} frames ({whole(feed['unsent'])} not taken); published "
+                f"{whole(section['published_total'])}"
+            )
+        if "repeats" in section:
+            console.print(_repeats_line(kind, section["repeats"]))
     mirror = report["feedsvc"].get("mirror")
     if mirror is not None:
         lag = mirror.get("lag_s_max")
@@ -110,6 +126,23 @@ def print_table(report: dict[str, Any]) -> None:
             "ratios feedsvc/baseline: "
             + ", ".join(f"{name} {_ratio_text(value)}" for name, value in report["ratios"].items())
         )
+
+
+def _repeats_line(kind: str, repeats: dict[str, Any]) -> str:
+    """The median and range of each latency percentile over the runs (the table shows the
+    medians)."""
+    parts = []
+    for name, title in (("latency_src_us", "from ts_src"), ("latency_us", "from ts")):
+        figures = repeats["spread"].get(name)
+        if figures is None:
+            continue
+        cells = ", ".join(
+            f"{percentile} {whole(figures[percentile]['median'])} "
+            f"({whole(figures[percentile]['min'])}-{whole(figures[percentile]['max'])})"
+            for percentile in PERCENTILE_NAMES
+        )
+        parts.append(f"{title}: {cells}")
+    return f"{kind}, {repeats['count']} runs, median (min-max) in us: " + "; ".join(parts)
 
 
 def _percentile_cells(latency: dict[str, Any]) -> list[str]:

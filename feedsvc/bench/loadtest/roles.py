@@ -46,8 +46,10 @@ class SubscriberLog:
     (`SequenceGaps`), and the publisher's ts of its first and last tick. A slow role's
     `pace` sleeps so that it reads at `read_interval_s` per tick."""
 
-    def __init__(self, read_interval_s: float = 0.0) -> None:
+    def __init__(self, read_interval_s: float = 0.0, source_latency: bool = False) -> None:
         self.latencies = LatencyRecorder()
+        # From the feed handler's ts_src (--source ingest): the whole path, not only the hop.
+        self.source_latencies = LatencyRecorder() if source_latency else None
         self.sequence = SequenceGaps()
         self.received = 0
         self.first_ts: int | None = None
@@ -55,9 +57,14 @@ class SubscriberLog:
         self.read_interval_s = read_interval_s
         self._next_read = time.monotonic()
 
-    def observe(self, received_ns: int, symbol: str, epoch: int, seq: int, ts: int) -> None:
-        """One tick, received at `received_ns` (Unix ns), stamped `ts` by the publisher."""
+    def observe(
+        self, received_ns: int, symbol: str, epoch: int, seq: int, ts: int, ts_src: int = 0
+    ) -> None:
+        """One tick, received at `received_ns` (Unix ns), stamped `ts` by the publisher (and
+        `ts_src` by the feed handler, recorded when the log keeps source latencies)."""
         self.latencies.record(received_ns, ts)
+        if self.source_latencies is not None:
+            self.source_latencies.record(received_ns, ts_src)
         self.sequence.observe(symbol, epoch, seq)
         if self.first_ts is None:
             self.first_ts = ts
@@ -95,11 +102,16 @@ class SubscriberLog:
             "duplicates": duplicates,
             **self.span_figures(),
             "latency_by_second": self.latencies.dump(),
+            **(
+                {"source_latency_by_second": self.source_latencies.dump()}
+                if self.source_latencies is not None
+                else {}
+            ),
         }
 
 
 @contextmanager
-def _stop_on_sigterm() -> Iterator[Callable[[], bool]]:
+def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
     stop = False
 
     def request_stop(_signum: int, _frame: object) -> None:
@@ -113,7 +125,7 @@ def _stop_on_sigterm() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _read_interval_s(args: argparse.Namespace) -> float:
+def read_interval_s(args: argparse.Namespace) -> float:
     """Seconds between two reads: 0 (as fast as it can) unless it is a slow role."""
     if not args.slow_role:
         return 0.0
@@ -121,12 +133,12 @@ def _read_interval_s(args: argparse.Namespace) -> float:
     return 1.0 / (rate * args.slow_fraction)
 
 
-def _announce_ready() -> None:
+def announce_ready() -> None:
     sys.stdout.buffer.write(READY_LINE + b"\n")
     sys.stdout.flush()
 
 
-def _print_result(result: dict[str, Any]) -> None:
+def print_result(result: dict[str, Any]) -> None:
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
     sys.stdout.flush()
 
@@ -149,10 +161,10 @@ def client_keys(curve_dir: Path | None) -> CurveClientKeys | None:
 
 def run_feedsvc_subscriber(args: argparse.Namespace) -> int:
     """Hidden role: a `Subscriber` to every synthetic symbol; prints one JSON result on stdout."""
-    log = SubscriberLog(_read_interval_s(args))
+    log = SubscriberLog(read_interval_s(args))
     observe, pace, now_ns = log.observe, log.pace, time.time_ns
     with (
-        _stop_on_sigterm() as stopped,
+        stop_on_sigterm() as stopped,
         Subscriber(
             args.endpoint,
             symbols=synthetic_symbols(args.symbols),
@@ -164,13 +176,13 @@ def run_feedsvc_subscriber(args: argparse.Namespace) -> int:
             if tick is None:
                 continue
             if not log.received:
-                _announce_ready()
+                announce_ready()
             observe(now_ns(), tick["sym"], tick["epoch"], tick["seq"], tick["ts"])
             pace()
         # Gaps are the client's own figures: what a user of feedsvc.client would be told.
         stats = subscriber.stats
         result = log.result(stats.missed, stats.gaps, stats.duplicates)
-    _print_result(result)
+    print_result(result)
     return 0
 
 
@@ -206,7 +218,7 @@ def run_raw_publisher(args: argparse.Namespace) -> int:
     pacer = RatePacer(args.rate, start, bursts=bursts, unix_offset_s=time.time() - start)
     index, count, sent = 0, len(prefixes), 0
     try:
-        with _stop_on_sigterm() as stopped:
+        with stop_on_sigterm() as stopped:
             while not stopped():
                 due = pacer.due(monotonic())
                 for _ in range(due):
@@ -228,7 +240,7 @@ def run_raw_publisher(args: argparse.Namespace) -> int:
 
 def run_raw_subscriber(args: argparse.Namespace) -> int:
     """Hidden role: a raw SUB to everything; gaps counted from the embedded per-symbol seq."""
-    log = SubscriberLog(_read_interval_s(args))
+    log = SubscriberLog(read_interval_s(args))
     observe, pace, now_ns = log.observe, log.pace, time.time_ns
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
@@ -237,43 +249,18 @@ def run_raw_subscriber(args: argparse.Namespace) -> int:
     socket.setsockopt(zmq.SUBSCRIBE, b"")
     curve_connect(socket, args.endpoint, client_keys(args.curve_dir))
     try:
-        with _stop_on_sigterm() as stopped:
+        with stop_on_sigterm() as stopped:
             while not stopped():
                 if not socket.poll(200):
                     continue
                 topic, seq_text, ts_text, _ = socket.recv().split(b" ", 3)
                 if not log.received:
-                    _announce_ready()
+                    announce_ready()
                 observe(now_ns(), topic.decode(), RAW_EPOCH, int(seq_text), int(ts_text))
                 pace()
     finally:
         socket.close(linger=0)
         context.term()
     sequence = log.sequence
-    _print_result(log.result(sequence.missed, sequence.gaps, sequence.backwards))
+    print_result(log.result(sequence.missed, sequence.gaps, sequence.backwards))
     return 0
-
-
-ROLES: Final = {
-    "feedsvc-subscriber": run_feedsvc_subscriber,
-    "raw-subscriber": run_raw_subscriber,
-    "raw-publisher": run_raw_publisher,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Hidden roles, run by the orchestrator as `python -m feedsvc.bench.loadtest --role=...`."""
-    parser = argparse.ArgumentParser(description="feedsvc loadtest worker (internal)")
-    parser.add_argument("--role", choices=tuple(ROLES), required=True)
-    parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--rate", type=float, default=0.0)
-    parser.add_argument("--symbols", type=int, default=50)
-    parser.add_argument("--slow-fraction", type=float, default=0.01)
-    parser.add_argument("--slow-role", action="store_true")
-    parser.add_argument("--burst-rate", type=float, default=0.0)
-    parser.add_argument("--burst-every", type=float, default=60.0)
-    parser.add_argument("--burst-duration", type=float, default=5.0)
-    parser.add_argument("--curve-dir", type=Path, default=None)
-    parser.add_argument("--summary-file", type=Path, default=None)
-    args = parser.parse_args(argv)
-    return ROLES[args.role](args)

@@ -51,6 +51,10 @@ STOP_TIMEOUT_S: Final = 60.0
 SAMPLE_INTERVAL_S: Final = 1.0
 SCRAPE_TIMEOUT_S: Final = 0.5
 LOG_TAIL_LINES: Final = 20
+# After the feed handler stopped: time for its last ticks to pass the publisher.
+FEED_SETTLE_S: Final = 0.5
+# Before the window: the feed handler's start (an interpreter) and connect.
+FEED_START_S: Final = 1.0
 ROLES_MODULE: Final = "feedsvc.bench.loadtest"
 
 progress = Progress("loadtest")
@@ -60,18 +64,29 @@ class LoadtestError(RuntimeError):
     """A run could not be made; str() says which process failed and why."""
 
 
-def serve_settings(args: argparse.Namespace, ticks_endpoint: str, metrics_port: int) -> list[str]:
-    """The `--set` pairs of the service under test."""
+def serve_settings(
+    args: argparse.Namespace,
+    ticks_endpoint: str,
+    metrics_port: int,
+    ingest_endpoint: str | None = None,
+) -> list[str]:
+    """The `--set` pairs of the service under test: its synthetic feed at --rate, or with an
+    `ingest_endpoint` (--source ingest) only what the feed handler pushes there."""
     settings = [
         f"publisher.endpoints=[{ticks_endpoint}]",
-        "ingest.endpoint=",
+        f"ingest.endpoint={ingest_endpoint or ''}",
         "sync.endpoint=",
         f"metrics.port={metrics_port}",
         "metrics.host=127.0.0.1",
-        "synthetic.enabled=true",
-        f"synthetic.rate={args.rate}",
-        f"synthetic.symbols={args.symbols}",
     ]
+    if ingest_endpoint is None:
+        settings += [
+            "synthetic.enabled=true",
+            f"synthetic.rate={args.rate}",
+            f"synthetic.symbols={args.symbols}",
+        ]
+    else:
+        settings.append("synthetic.enabled=false")
     if args.curve_dir is not None:
         settings += [
             "curve.enabled=true",
@@ -97,7 +112,7 @@ def serve_settings(args: argparse.Namespace, ticks_endpoint: str, metrics_port: 
 
 
 def role_command(args: argparse.Namespace, role: str, ticks_endpoint: str, slow: bool) -> list[str]:
-    """The command line of one hidden role (see `roles.main`)."""
+    """The command line of one hidden role (see `worker.main`)."""
     command = [
         sys.executable,
         "-m",
@@ -107,6 +122,7 @@ def role_command(args: argparse.Namespace, role: str, ticks_endpoint: str, slow:
         f"--rate={args.rate}",
         f"--symbols={args.symbols}",
         f"--slow-fraction={args.slow_fraction}",
+        f"--batch={args.ingest_batch}",
     ]
     if args.curve_dir is not None:
         command.append(f"--curve-dir={args.curve_dir}")
@@ -151,6 +167,7 @@ def _collect(process: subprocess.Popen[bytes], timeout_s: float) -> bytes:
 
 
 def _subscriber_result(output: bytes, label: str, exit_code: int | None) -> dict[str, Any]:
+    """The last JSON line a worker printed (a subscriber's, or the feed handler's)."""
     lines = [line for line in output.splitlines() if line.strip().startswith(b"{")]
     if not lines:
         raise LoadtestError(f"{label}: a subscriber reported nothing (exit code {exit_code})")
@@ -198,17 +215,27 @@ def measure(
     summary_path = workdir / f"{kind}-publisher-summary.json"
     # The mirror's lag is only visible through the service's metrics endpoint.
     metrics_port = free_tcp_port() if kind == "feedsvc" and args.mirror else 0
+    ingest = args.source == "ingest"
+    ingest_endpoint = endpoint(args.transport, workdir, f"{kind}-ingest") if ingest else None
     if kind == "feedsvc":
         publisher_command = serve_command(
-            serve_settings(args, ticks_endpoint, metrics_port), summary_path
+            serve_settings(args, ticks_endpoint, metrics_port, ingest_endpoint), summary_path
         )
-        subscriber_role = "feedsvc-subscriber"
+        subscriber_role = "frame-subscriber" if ingest else "feedsvc-subscriber"
+    elif ingest:
+        publisher_command = [
+            *role_command(args, "relay", ticks_endpoint, False),
+            f"--ingest-endpoint={ingest_endpoint}",
+            f"--summary-file={summary_path}",
+        ]
+        subscriber_role = "frame-subscriber"
     else:
         publisher_command = [
             *role_command(args, "raw-publisher", ticks_endpoint, False),
             f"--summary-file={summary_path}",
         ]
         subscriber_role = "raw-subscriber"
+    feed_result: dict[str, Any] | None = None
     bursts = burst_schedule(args)
     # No proxy: the environment's http_proxy must not catch a loopback scrape.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -231,7 +258,17 @@ def measure(
             raise LoadtestError(
                 f"{label}: {error}; publisher log:\n{log_tail(log_path, LOG_TAIL_LINES)}"
             ) from None
-        window = MeasuredWindow(measurement_start(time.time(), bursts), args.duration, bursts)
+        feeder, settle_s = None, 0.0
+        if ingest_endpoint is not None:
+            # Once every subscriber has a frame (a heartbeat): it sees every tick the feed sends.
+            feeder = subprocess.Popen(
+                role_command(args, "feed-handler", ingest_endpoint, False), stdout=subprocess.PIPE
+            )
+            cleanup.callback(kill_process, feeder)
+            settle_s = FEED_START_S
+        window = MeasuredWindow(
+            measurement_start(time.time() + settle_s, bursts), args.duration, bursts
+        )
         time.sleep(max(0.0, window.start_unix_s - time.time()))
         start = time.monotonic()
         cpu_before = process_cpu_seconds(publisher.pid)
@@ -260,6 +297,14 @@ def measure(
             in_burst = bursts is not None and bursts.in_burst(time.time() - SAMPLE_INTERVAL_S / 2)
             progress(progress_line(label, sample, args.duration, in_burst))
         cpu_after, end = process_cpu_seconds(publisher.pid), time.monotonic()
+        if feeder is not None:
+            # The feed stops first and what it sent is let through, so that every tick it sent
+            # can be found at the subscribers (the report's `feed` section).
+            feeder.send_signal(signal.SIGTERM)
+            feed_result = _subscriber_result(
+                _collect(feeder, STOP_TIMEOUT_S), f"{label} feed handler", feeder.returncode
+            )
+            time.sleep(FEED_SETTLE_S)
         # All at once: stopped one after another, the later ones would read further and the
         # earlier ones would look behind.
         for process, _slow in subscribers:
@@ -278,7 +323,7 @@ def measure(
         publisher_summary = orjson.loads(summary_path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         publisher_summary = None  # it did not get to write one: reported as unknown
-    return summarize(
+    section = summarize(
         kind,
         results,
         samples,
@@ -289,9 +334,14 @@ def measure(
         end - start,
         window,
     )
+    if feed_result is not None:
+        section["feed"] = feed_result
+    return section
 
 
-def measure_steps(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure_steps(
+    kind: str, args: argparse.Namespace, workdir: Path, label: str | None = None
+) -> dict[str, Any]:
     """--profile step for one kind: steady runs at rising rates until one is not sustained.
 
     The section's own figures are those of the last sustained step (of the first step when none
