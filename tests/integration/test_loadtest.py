@@ -260,7 +260,11 @@ def test_loadtest_ingest_source_measures_the_feed_handler_path(tmp_path: Path) -
         "2",
         "--duration",
         "2",
+        "--plot",
+        str(tmp_path / "plots"),
     )
+    # Every run's seconds one after another: where a tail came from.
+    assert (tmp_path / "plots" / "latency_runs.png").stat().st_size > 10_000
     assert report["settings"]["source"] == "ingest"
     assert report["settings"]["repeats"] == 2
     for kind in ("feedsvc", "baseline"):

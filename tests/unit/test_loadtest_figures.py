@@ -194,6 +194,7 @@ def loadtest_args(**overrides: Any) -> argparse.Namespace:
         "rate": 1_000.0,
         "source": "synthetic",
         "ingest_batch": 1,
+        "set": [],
         "symbols": 5,
         "slow_fraction": 0.1,
         "profile": "steady",

@@ -110,6 +110,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             "source": args.source,
             "ingest_batch": args.ingest_batch if args.source == "ingest" else None,
             "repeats": args.repeats,
+            "serve_settings": args.set,
             "mirror": args.mirror,
             "curve": args.curve,
             "latency_histogram": "hdr" if hdr_available() else "sorted raw values",
@@ -194,6 +195,14 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="--source ingest: ticks per ingest frame (1: one JSON object per frame; more: a "
         "JSON array)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra `feedsvc serve --set` for the service's runs, after the loadtest's own (to "
+        "try a tuning, e.g. kafka.mirror_nice=10)",
     )
     parser.add_argument(
         "--repeats",

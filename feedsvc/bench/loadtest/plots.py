@@ -51,6 +51,8 @@ def write_plots(report: dict[str, Any], directory: Path) -> list[Path]:
             "latency.png": _latency_figure(report, runs),
             "throughput.png": _throughput_figure(report, runs),
         }
+        if "over_time_by_run" in report["feedsvc"]:
+            figures["latency_runs.png"] = _runs_figure(report, runs)
         samples = report["feedsvc"]["publisher"]["samples"]
         if any(sample.get("mirror_lag_s") is not None for sample in samples):
             figures["mirror_lag.png"] = _mirror_figure(report, samples)
@@ -145,6 +147,44 @@ def _latency_figure(report: dict[str, Any], runs: dict[str, dict[str, Any]]) -> 
     # Outside the axes: six lines and the shading leave no corner free of data.
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     figure.suptitle("Latency per second at the fast subscribers")
+    axes.set_title(_settings_line(report), fontsize=9)
+    return figure
+
+
+def _runs_figure(report: dict[str, Any], runs: dict[str, dict[str, Any]]) -> Figure:
+    """--repeats: p99 and p99.9 per second of every run, the runs one after another (from
+    ts_src with --source ingest): where a tail comes from one bad second or one bad run."""
+    figure, grid = _new_figure()
+    axes = grid[0][0]
+    source = "src_" if "latency_src_us" in report["feedsvc"] else ""
+    for kind, section in runs.items():
+        by_run = section.get("over_time_by_run") or [section["over_time"]]
+        offset = 0.0
+        xs: list[float] = []
+        values: dict[str, list[float]] = {"p99": [], "p999": []}
+        for rows in by_run:
+            xs += [offset + row["t_s"] + 0.5 for row in rows]
+            for name in values:
+                values[name] += [_value(row.get(f"{source}{name}")) for row in rows]
+            offset += len(rows)
+            xs.append(offset)  # a break between runs
+            for name in values:
+                values[name].append(float("nan"))
+        for name, series in values.items():
+            axes.plot(
+                xs,
+                series,
+                linestyle=RUN_LINE_STYLES[kind],
+                color=PERCENTILE_COLOURS[name],
+                marker="o",
+                markersize=2,
+                label=f"{kind} {PERCENTILE_LABELS[name]}",
+            )
+    _log_latency_axis(axes)
+    axes.set_xlabel("measured seconds, run after run")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    what = "from the feed handler's ts_src" if source else "from ts"
+    figure.suptitle(f"Latency per second, every run ({what})")
     axes.set_title(_settings_line(report), fontsize=9)
     return figure
 

@@ -108,7 +108,7 @@ def serve_settings(
         ]
     else:
         settings.append("kafka.enabled=false")
-    return settings
+    return [*settings, *args.set]
 
 
 def role_command(args: argparse.Namespace, role: str, ticks_endpoint: str, slow: bool) -> list[str]:
