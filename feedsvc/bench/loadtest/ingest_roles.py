@@ -172,8 +172,7 @@ def run_frame_subscriber(args: argparse.Namespace) -> int:
     finally:
         socket.close(linger=0)
         context.term()
-    sequence = log.sequence
-    print_result(log.result(sequence.missed, sequence.gaps, sequence.backwards))
+    print_result(log.sequence_result())
     return 0
 
 

@@ -93,6 +93,11 @@ class SubscriberLog:
             "last_seq_by_symbol": dict(self.sequence.last_seq),
         }
 
+    def sequence_result(self) -> dict[str, Any]:
+        """The result with the gaps this log counted itself (a raw SUB has no client's)."""
+        sequence = self.sequence
+        return self.result(sequence.missed, sequence.gaps, sequence.backwards)
+
     def result(self, missed: int, gaps: int, duplicates: int) -> dict[str, Any]:
         """The role's JSON result for the orchestrator (`analysis.summarize` reads it)."""
         return {
@@ -261,6 +266,5 @@ def run_raw_subscriber(args: argparse.Namespace) -> int:
     finally:
         socket.close(linger=0)
         context.term()
-    sequence = log.sequence
-    print_result(log.result(sequence.missed, sequence.gaps, sequence.backwards))
+    print_result(log.sequence_result())
     return 0
