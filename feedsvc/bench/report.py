@@ -100,5 +100,10 @@ def fraction(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def fixed(value: float | None, places: int = 2) -> str:
+    """`value` with `places` decimals, "-" when unknown: every report's number cell."""
+    return "-" if value is None else f"{value:.{places}f}"
+
+
 def cores(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return fixed(value, 2)

@@ -28,6 +28,7 @@ from feedsvc.bench.loadtest.roles import (
     RAW_HWM,
     SubscriberLog,
     announce_ready,
+    plain_subscriber,
     print_result,
     read_interval_s,
     stop_on_sigterm,
@@ -144,34 +145,24 @@ def run_frame_subscriber(args: argparse.Namespace) -> int:
     one JSON result after SIGTERM (with the ts_src latencies)."""
     log = SubscriberLog(read_interval_s(args), source_latency=True)
     observe, pace, now_ns, loads = log.observe, log.pace, time.time_ns, orjson.loads
-    context = zmq.Context()
-    socket = context.socket(zmq.SUB)
-    socket.setsockopt(zmq.RCVHWM, RAW_HWM)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SUBSCRIBE, b"")
-    socket.connect(args.endpoint)
-    recv = socket.recv
-    ready = False
-    try:
-        with stop_on_sigterm() as stopped:
-            while not stopped():
-                if not socket.poll(200):
-                    continue
-                frame = recv()
-                received_ns = now_ns()
-                if not ready:
-                    announce_ready()
-                    ready = True
-                if frame.startswith(_CONTROL_TOPIC_START):
-                    continue  # heartbeats and markers
-                tick = loads(frame[frame.index(TOPIC_DELIMITER) + 1 :])
-                observe(
-                    received_ns, tick["sym"], tick["epoch"], tick["seq"], tick["ts"], tick["ts_src"]
-                )
-                pace()
-    finally:
-        socket.close(linger=0)
-        context.term()
+    with plain_subscriber(args.endpoint) as socket, stop_on_sigterm() as stopped:
+        recv = socket.recv
+        ready = False
+        while not stopped():
+            if not socket.poll(200):
+                continue
+            frame = recv()
+            received_ns = now_ns()
+            if not ready:
+                announce_ready()
+                ready = True
+            if frame.startswith(_CONTROL_TOPIC_START):
+                continue  # heartbeats and markers
+            tick = loads(frame[frame.index(TOPIC_DELIMITER) + 1 :])
+            observe(
+                received_ns, tick["sym"], tick["epoch"], tick["seq"], tick["ts"], tick["ts_src"]
+            )
+            pace()
     print_result(log.sequence_result())
     return 0
 

@@ -148,6 +148,23 @@ def print_result(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+@contextmanager
+def plain_subscriber(endpoint: str, keys: CurveClientKeys | None = None) -> Iterator[zmq.Socket]:
+    """A plain pyzmq SUB to everything on `endpoint` (RCVHWM RAW_HWM), closed with its own
+    context afterwards: the raw subscriber roles' socket."""
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.RCVHWM, RAW_HWM)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        curve_connect(socket, endpoint, keys)
+        yield socket
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
 def make_curve_keys(directory: Path) -> None:
     """A server pair and one client pair, the client's public key alone in authorized/."""
     create_key_pair(directory, SERVER_KEY_NAME)
@@ -247,24 +264,17 @@ def run_raw_subscriber(args: argparse.Namespace) -> int:
     """Hidden role: a raw SUB to everything; gaps counted from the embedded per-symbol seq."""
     log = SubscriberLog(read_interval_s(args))
     observe, pace, now_ns = log.observe, log.pace, time.time_ns
-    context = zmq.Context()
-    socket = context.socket(zmq.SUB)
-    socket.setsockopt(zmq.RCVHWM, RAW_HWM)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SUBSCRIBE, b"")
-    curve_connect(socket, args.endpoint, client_keys(args.curve_dir))
-    try:
-        with stop_on_sigterm() as stopped:
-            while not stopped():
-                if not socket.poll(200):
-                    continue
-                topic, seq_text, ts_text, _ = socket.recv().split(b" ", 3)
-                if not log.received:
-                    announce_ready()
-                observe(now_ns(), topic.decode(), RAW_EPOCH, int(seq_text), int(ts_text))
-                pace()
-    finally:
-        socket.close(linger=0)
-        context.term()
+    with (
+        plain_subscriber(args.endpoint, client_keys(args.curve_dir)) as socket,
+        stop_on_sigterm() as stopped,
+    ):
+        while not stopped():
+            if not socket.poll(200):
+                continue
+            topic, seq_text, ts_text, _ = socket.recv().split(b" ", 3)
+            if not log.received:
+                announce_ready()
+            observe(now_ns(), topic.decode(), RAW_EPOCH, int(seq_text), int(ts_text))
+            pace()
     print_result(log.sequence_result())
     return 0

@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from feedsvc.bench.report import cores, fraction, rate
+from feedsvc.bench.report import cores, fixed, fraction, rate
 from feedsvc.bench.scenarios.mirror_cost import HOT_PATH_TARGET, VISIBILITY_TARGET_S
 
-
-def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _bytes(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+# Microseconds and bytes per tick with 2 decimals; seconds and ratios with 3.
+_us = _bytes = partial(fixed, places=2)
+_s = _ratio = partial(fixed, places=3)
 
 
 COST_COLUMNS: Final[tuple[tuple[str, str, Callable[[float | None], str], int], ...]] = (
