@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from feedsvc.server.mirror import FRAME_SEPARATOR, split_batch
+from feedsvc.server.mirror.wire import batch_message, parse_batch
 
 
 def frame(symbol: str, **fields: object) -> bytes:
@@ -34,3 +35,10 @@ def test_a_payload_with_spaces_keeps_them_and_its_neighbours_stay_aligned() -> N
 
 def test_a_batch_of_one_frame() -> None:
     assert split_batch(frame("A", seq=7)) == [b"A", b'{"sym":"A","seq":7}']
+
+
+def test_a_hand_off_message_carries_its_batch_id_dropped_count_and_frames_unchanged() -> None:
+    frames = [frame("AAPL", seq=1), frame("X.Y", venue="a  b"), frame("Z", seq=3)]
+    message = batch_message(12, 345, frames)
+    assert parse_batch(message) == (12, 345, FRAME_SEPARATOR.join(frames))
+    assert split_batch(parse_batch(message)[2])[2:4] == list(frames[1].split(b" ", 1))

@@ -27,7 +27,7 @@ import zmq
 from feedsvc.config import KafkaConfig, LogConfig
 from feedsvc.logs import RateLimiter
 from feedsvc.server.mirror.process import run_mirror_process
-from feedsvc.server.mirror.wire import BATCH, END, FRAME_SEPARATOR
+from feedsvc.server.mirror.wire import END, batch_message
 
 log = logging.getLogger("feedsvc.mirror")
 
@@ -202,10 +202,12 @@ class MirrorHandoff:
         self._last_flush = now
         if not pending:
             return
-        batch = FRAME_SEPARATOR.join(pending)
+        stats = self.stats
+        # The header's dropped count is the one when the batch was made (a re-sent batch
+        # carries it unchanged; the mirror keeps the highest it saw).
+        batch = batch_message(self._next_batch, stats.dropped, pending)
         ticks = len(pending)
         pending.clear()
-        stats = self.stats
         if stats.retained_bytes + len(batch) > self.config.max_retained_bytes:
             stats.dropped += ticks
             return
@@ -220,11 +222,11 @@ class MirrorHandoff:
         process = self._process
         if process is None or not process.ready:
             return
-        retained, push, dropped = self._retained, process.push, b"%d" % self.stats.dropped
+        retained, push = self._retained, process.push
         while self._sent < len(retained):
-            batch_id, batch, _ticks = retained[self._sent]
+            _batch_id, batch, _ticks = retained[self._sent]
             try:
-                push.send_multipart((BATCH, b"%d %s" % (batch_id, dropped), batch), zmq.NOBLOCK)
+                push.send(batch, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._sent += 1
@@ -350,10 +352,10 @@ class MirrorHandoff:
         process.push.setsockopt(zmq.SNDTIMEO, max(1, int((deadline - time.monotonic()) * 1000)))
         close = orjson.dumps({"last_seq": dict(last_seq), "dropped": self.stats.dropped})
         try:
-            retained, dropped = self._retained, b"%d" % self.stats.dropped
+            retained = self._retained
             while self._sent < len(retained):
-                batch_id, batch, _ticks = retained[self._sent]
-                process.push.send_multipart((BATCH, b"%d %s" % (batch_id, dropped), batch))
+                _batch_id, batch, _ticks = retained[self._sent]
+                process.push.send(batch)
                 self._sent += 1
             process.push.send_multipart((END, close))
         except zmq.Again:

@@ -24,7 +24,7 @@ import zmq
 from feedsvc.config import KafkaConfig, LogConfig
 from feedsvc.logs import setup_logging
 from feedsvc.server.mirror.producer import MirrorAbort, MirrorProducer, log
-from feedsvc.server.mirror.wire import BATCH, END
+from feedsvc.server.mirror.wire import BATCH, END, parse_batch
 
 STATS_INTERVAL_S: Final = 0.5
 CALLBACK_POLL_INTERVAL_S: Final = 0.1
@@ -110,10 +110,10 @@ class _MirrorLoop:
                 message = self.pull.recv_multipart()
                 if message[0] == END:
                     return self._finish(orjson.loads(message[1]))
-                if message[0] == BATCH:
-                    batch_id, _, dropped = message[1].partition(b" ")
-                    producer.dropped = int(dropped)
-                    producer.produce_batch(int(batch_id), message[2])
+                if message[0].startswith(BATCH):
+                    batch_id, dropped, batch = parse_batch(message[0])
+                    producer.dropped = max(producer.dropped, dropped)
+                    producer.produce_batch(batch_id, batch)
                     if self._opened_at is None and producer.open_ticks:
                         self._opened_at = now
             # Callbacks (failures, errors) are served on a timer, not per batch.
@@ -159,9 +159,9 @@ class _MirrorLoop:
                 message = self.pull.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if message[0] == BATCH:
-                batch_id, _, _dropped = message[1].partition(b" ")
-                self.producer.produce_batch(int(batch_id), message[2])
+            if message[0].startswith(BATCH):
+                batch_id, _dropped, batch = parse_batch(message[0])
+                self.producer.produce_batch(batch_id, batch)
         if not self._commit_within(self.config.flush_timeout_s):
             log.error("Kafka did not commit the last %d ticks", self.producer.open_ticks)
         return 0
