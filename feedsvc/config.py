@@ -209,6 +209,32 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class RecoveryConfig:
+    # ROUTER socket answering gap recovery requests (docs/recovery-protocol.md); "" = off.
+    endpoint: str = _setting(
+        "tcp://127.0.0.1:5559", check=lambda value: (value and _check_endpoint(value)) or None
+    )
+    # Recent frames held per symbol for recovery: this long, at most this many bytes in all.
+    window_s: float = _setting(60.0, minimum=0.1, maximum=86_400)
+    max_bytes: int = _setting(268_435_456, minimum=65_536)
+    # A request for more ticks gets range_too_large.
+    max_ticks_per_request: int = _setting(10_000, minimum=1, maximum=1_000_000)
+    # A reply holds at most this many bytes of ticks; the client asks for the rest.
+    max_reply_bytes: int = _setting(8_388_608, minimum=65_536)
+    # Per client (connection): requests and reply bytes per second; and bytes per second in all.
+    client_requests_per_s: float = _setting(200.0, minimum=0.1)
+    client_bytes_per_s: float = _setting(33_554_432.0, minimum=1_024.0)
+    max_bytes_per_s: float = _setting(134_217_728.0, minimum=1_024.0)
+    # Reply bytes on their way to clients at once (clients that do not read hold them); a
+    # request beyond gets the retryable error busy.
+    max_inflight_bytes: int = _setting(67_108_864, minimum=65_536)
+    # Recovery connections at once; more are closed as they arrive.
+    max_connections: int = _setting(64, minimum=1, maximum=100_000)
+    # tcp recovery clients accepted only from these networks (CIDR); [] = any address.
+    allowed_networks: list[str] = _setting([], check=_check_networks)
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     enabled: bool = _setting(True)
     symbols: int = _setting(50, minimum=1, maximum=100_000)
@@ -381,6 +407,7 @@ class Config:
     publisher: PublisherConfig = field(default_factory=PublisherConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)

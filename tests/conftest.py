@@ -73,6 +73,7 @@ def serve_settings(publish_endpoints: list[str], *extra: str) -> list[str]:
         f"publisher.endpoints=[{', '.join(publish_endpoints)}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         "metrics.port=0",
         "kafka.enabled=false",
         "publisher.heartbeat_interval_s=0.1",

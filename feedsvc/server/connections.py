@@ -86,6 +86,7 @@ class PeerAccounting:
             "publisher": config.publisher.max_connections,
             "ingest": config.ingest.max_connections,
             "sync": config.sync.max_connections,
+            "recovery": config.recovery.max_connections,
         }
         self.connections = {name: ConnectionLimiter(limits[name]) for name in SOCKET_NAMES}
         self.subscriptions = SubscriptionLimiter(
@@ -124,8 +125,8 @@ class PeerAccounting:
         if soft != resource.RLIM_INFINITY and soft < needed:
             log.warning(
                 "descriptor limit %d is below what the connection caps allow (%d: "
-                "publisher/ingest/sync max_connections plus %d); raise it (ulimit -n) or lower "
-                "the caps",
+                "publisher/ingest/sync/recovery max_connections plus %d); raise it (ulimit -n) "
+                "or lower the caps",
                 soft,
                 needed,
                 FD_BASE_NEEDS,

@@ -15,20 +15,23 @@ from collections.abc import Callable
 from typing import Final
 
 from feedsvc.logs import RateLimiter
+from feedsvc.protocol import recovery as recovery_protocol
 from feedsvc.protocol.sync import ERROR_INTERNAL
 from feedsvc.protocol.ticks import REJECT_INTERNAL_ERROR
 from feedsvc.server.ingest import IngestDecoder
 from feedsvc.server.publisher import Publisher
+from feedsvc.server.recovery.handler import RecoveryHandler, RecoveryReply
 from feedsvc.server.sync import SyncHandler, SyncReply
 
 log = logging.getLogger("feedsvc.guard")
 
 WHERE_INGEST: Final = "ingest"
 WHERE_SYNC: Final = "sync"
+WHERE_RECOVERY: Final = "recovery"
 WHERE_SUBSCRIPTION: Final = "subscription"
 WHERE_MONITOR: Final = "monitor"
 # Label values of feedsvc_internal_errors_total.
-WHERES: Final = (WHERE_INGEST, WHERE_SYNC, WHERE_SUBSCRIPTION, WHERE_MONITOR)
+WHERES: Final = (WHERE_INGEST, WHERE_SYNC, WHERE_RECOVERY, WHERE_SUBSCRIPTION, WHERE_MONITOR)
 # Bytes of the offending input quoted in the log line: enough to reproduce most cases.
 _QUOTED_INPUT_BYTES: Final = 512
 DEFAULT_LOG_INTERVAL_S: Final = 10.0
@@ -106,4 +109,19 @@ def answer_sync_request(request: bytes, sync: SyncHandler, guard: InputGuard) ->
         guard.contained(WHERE_SYNC, error, request)
         return sync.error_reply(
             ERROR_INTERNAL, "the service could not handle this request; it was logged"
+        )
+
+
+def answer_recovery_request(
+    client: bytes, request: bytes, recovery: RecoveryHandler, guard: InputGuard
+) -> RecoveryReply:
+    """The reply to one recovery request; a failure is answered with the error
+    ``internal_error`` and recorded by `guard`."""
+    try:
+        return recovery.handle(client, request)
+    except Exception as error:
+        guard.contained(WHERE_RECOVERY, error, request)
+        return recovery.error_reply(
+            recovery_protocol.ERROR_INTERNAL,
+            "the service could not handle this request; it was logged",
         )

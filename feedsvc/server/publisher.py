@@ -22,6 +22,7 @@ from feedsvc.protocol.ticks import (
     encode_frame,
     topic_prefix,
 )
+from feedsvc.server.recovery.window import RecoveryWindow
 
 # Unbounded defaults for callers (tests, tools) that do not bound the cache themselves.
 UNBOUNDED: Final = 2**62
@@ -51,6 +52,8 @@ class Publisher:
         Source of the ``ts`` stamp, ns since the Unix epoch.
     mirror_append:
         Called with every frame sent (the Kafka mirror's hand-off list append), or None.
+    window:
+        The recovery window every frame sent is kept in (its symbol's deque), or None.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class Publisher:
         mirror_append: Callable[[bytes], None] | None = None,
         max_tick_bytes: int = UNBOUNDED,
         max_cache_bytes: int = UNBOUNDED,
+        window: RecoveryWindow | None = None,
     ) -> None:
         self.epoch = epoch
         self.max_symbols = max_symbols
@@ -77,9 +81,10 @@ class Publisher:
         self._send = send
         self._clock_ns = clock_ns
         self._mirror_append = mirror_append
-        # symbol -> [topic prefix, last seq, last frame, bytes reserved for it]: one dict lookup
-        # per tick finds all; the last frame is the last-value cache the sync handshake's
-        # snapshots come from.
+        self._window = window
+        # symbol -> [topic prefix, last seq, last frame, bytes reserved for it, the recovery
+        # window's append or None]: one dict lookup per tick finds all; the last frame is the
+        # last-value cache the sync handshake's snapshots come from.
         self._state_by_symbol: dict[str, list[Any]] = {}
 
     def publish(self, ticks: Sequence[Tick]) -> int:
@@ -92,6 +97,7 @@ class Publisher:
         get_state = self._state_by_symbol.get
         send, clock_ns, dumps, epoch = self._send, self._clock_ns, orjson.dumps, self.epoch
         mirror_append = self._mirror_append
+        recording = self._window is not None
         sent = 0
         frame_bytes = 0
         for tick in ticks:
@@ -117,6 +123,8 @@ class Publisher:
             state[1] = seq
             state[2] = frame
             send(frame)
+            if recording:
+                state[4](frame)
             sent += 1
             frame_bytes += size
             if mirror_append is not None:
@@ -146,7 +154,8 @@ class Publisher:
         if len(self._state_by_symbol) >= self.max_symbols:
             self.refused_by_reason[REJECT_TOO_MANY_SYMBOLS] += 1
             return None
-        state = [topic_prefix(symbol), 0, None, 0]
+        window = self._window
+        state = [topic_prefix(symbol), 0, None, 0, window.track(symbol) if window else None]
         self._state_by_symbol[symbol] = state
         return state
 

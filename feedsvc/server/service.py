@@ -18,6 +18,7 @@ import zmq.backend
 from feedsvc.config import Config, IngestConfig, SyntheticConfig
 from feedsvc.curve import CurveServer
 from feedsvc.logs import RateLimiter
+from feedsvc.protocol.recovery import MAX_REQUEST_BYTES
 from feedsvc.server.access import (
     PeerAuthenticator,
     parse_networks,
@@ -26,21 +27,26 @@ from feedsvc.server.access import (
 from feedsvc.server.connections import PeerAccounting, log_refused_connections
 from feedsvc.server.guard import (
     InputGuard,
+    answer_recovery_request,
     answer_sync_request,
     handle_ingest_frame,
 )
+from feedsvc.server.inflight import RepliesInFlight
 from feedsvc.server.ingest import IngestDecoder
 from feedsvc.server.mirror import MirrorHandoff
 from feedsvc.server.observe.health import health_document, unhealthy_reason
 from feedsvc.server.observe.metrics import MetricsServer
 from feedsvc.server.pacing import BurstSchedule, RatePacer
 from feedsvc.server.publisher import Publisher
+from feedsvc.server.recovery.handler import RecoveryHandler
+from feedsvc.server.recovery.window import RecoveryWindow
 from feedsvc.server.sockets import (
     HANDSHAKE_TIMEOUT_MS,
     HARD_LIMIT_FACTOR,
     MONITORED_EVENTS,
     PUBLISHER_MAX_MESSAGE_BYTES,
     PUBLISHER_MAX_MESSAGE_BYTES_CURVE,
+    RECOVERY_QUEUED_PER_PEER,
     SYNC_QUEUED_PER_PEER,
     bind_endpoint,
     plain_endpoints_first,
@@ -70,8 +76,9 @@ MIRROR_STATS_INTERVAL_S: Final = 0.5
 HOUSEKEEPING_INTERVAL_S: Final = 1.0
 FD_WARNING_SHARE: Final = 0.8
 FD_WARNING_INTERVAL_S: Final = 10.0
-# Sync replies whose trackers are checked at once at most, between housekeeping passes.
-MAX_TRACKED_REPLIES: Final = 4_096
+RECOVERY_SECONDS_PER_PASS: Final = 0.001
+RECOVERY_BYTES_PER_PASS: Final = 8 * 1024 * 1024
+RECOVERY_REQUESTS_PER_PASS: Final = 100
 
 
 class StartupError(RuntimeError):
@@ -141,10 +148,12 @@ class Service:
         self._rep: zmq.Socket | None = None
         # Monitor socket -> the name of the socket it watches.
         self._monitors: dict[zmq.Socket, str] = {}
-        # Large sync replies libzmq still holds: (tracker, bytes); their sum is bounded.
-        self._replies_in_flight: list[tuple[zmq.MessageTracker, int]] = []
-        self.sync_inflight_bytes = 0
+        self._router: zmq.Socket | None = None
+        # Replies libzmq still holds for clients that have not read them; their sums are bounded.
+        self._sync_in_flight = RepliesInFlight(config.sync.max_inflight_bytes)
+        self._recovery_in_flight = RepliesInFlight(config.recovery.max_inflight_bytes)
         self.sync: SyncHandler | None = None
+        self.recovery: RecoveryHandler | None = None
         self.decoder = IngestDecoder(config.ingest.max_message_bytes)
         self.publisher: Publisher | None = None
         self.mirror: MirrorHandoff | None = None
@@ -192,9 +201,27 @@ class Service:
                 rep.setsockopt(zmq.LINGER, 0)
                 self._prepare(rep, "sync")
                 self._bind(rep, "sync", "sync.endpoint", sync_config.endpoint)
+            recovery_config = config.recovery
+            if recovery_config.endpoint:
+                router = self._router = self._context.socket(zmq.ROUTER)
+                router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES * HARD_LIMIT_FACTOR)
+                router.setsockopt(zmq.RCVHWM, RECOVERY_QUEUED_PER_PEER)
+                # Replies queued per peer; beyond, libzmq drops them (the client retries on its
+                # timeout). Their bytes in all are bounded by recovery.max_inflight_bytes.
+                router.setsockopt(zmq.SNDHWM, RECOVERY_QUEUED_PER_PEER)
+                router.setsockopt(zmq.LINGER, 0)
+                self._prepare(router, "recovery")
+                self._bind(router, "recovery", "recovery.endpoint", recovery_config.endpoint)
         except StartupError:
             self.close()
             raise
+        window = None
+        if config.recovery.endpoint:
+            window = RecoveryWindow(
+                config.recovery.window_s,
+                config.recovery.max_bytes,
+                lambda: self.publisher.published_bytes if self.publisher is not None else 0,
+            )
         if config.kafka.enabled:
             self.mirror = MirrorHandoff(self._context, config.kafka, config.log, self.epoch)
             self.mirror.start()
@@ -207,15 +234,20 @@ class Service:
             mirror_append=self.mirror.append if self.mirror is not None else None,
             max_tick_bytes=ingest_config.max_tick_bytes,
             max_cache_bytes=publisher_config.max_cache_bytes,
+            window=window,
         )
         publisher = self.publisher
+        if window is not None:
+            self.recovery = RecoveryHandler(
+                window, self.epoch, config.recovery, self._recovery_in_flight.room
+            )
         self.sync = SyncHandler(
             publisher.last_values,
             self.epoch,
             sync_config.max_symbols_per_request,
             sync_config.max_request_bytes,
             sync_config.max_snapshot_bytes,
-            snapshot_room=self._snapshot_room,
+            snapshot_room=self._sync_in_flight.room,
             all_symbols_bytes=lambda: (publisher.symbol_count, publisher.cache_bytes),
         )
         if config.metrics.port:
@@ -230,11 +262,12 @@ class Service:
             self.metrics.start()
         self.peers.count_fds()
         log.info(
-            "serving epoch=%d publisher=%s ingest=%s sync=%s kafka=%s synthetic=%s",
+            "serving epoch=%d publisher=%s ingest=%s sync=%s recovery=%s kafka=%s synthetic=%s",
             self.epoch,
             ",".join(publisher_config.endpoints),
             ingest_config.endpoint or "off",
             sync_config.endpoint or "off",
+            config.recovery.endpoint or "off",
             f"{config.kafka.bootstrap}/{config.kafka.topic}" if config.kafka.enabled else "off",
             f"{config.synthetic.symbols} symbols at {config.synthetic.rate or 'max'} ticks/s"
             if config.synthetic.enabled
@@ -250,6 +283,7 @@ class Service:
                 ("publisher", config.publisher.allowed_networks),
                 ("ingest", config.ingest.allowed_networks),
                 ("sync", config.sync.allowed_networks),
+                ("recovery", config.recovery.allowed_networks),
             )
         }
         if not config.curve.enabled and not any(networks_by_domain.values()):
@@ -353,7 +387,7 @@ class Service:
         feed = SyntheticFeed(synthetic.symbols, synthetic.seed) if synthetic.enabled else None
         pacer: RatePacer | None = None
         poller = zmq.Poller()
-        for socket in (self._pub, self._rep, *self._monitors):
+        for socket in (self._pub, self._rep, self._router, *self._monitors):
             if socket is not None:
                 poller.register(socket, zmq.POLLIN)
         # With --wait-subscribers, ticks (synthetic and ingest) wait until that many clients
@@ -379,6 +413,7 @@ class Service:
         mirror_pending = mirror.pending_frames if mirror is not None else []
         mirror_batch_ticks = mirror.batch_ticks if mirror is not None else 0
         mirror_due_at = mirror_stats_at = monotonic()
+        window = self.recovery.window if self.recovery is not None else None
 
         metrics = self.metrics
         perf_counter = time.perf_counter
@@ -436,12 +471,17 @@ class Service:
                 self._drain_ingest(INGEST_SECONDS_PER_PASS, INGEST_BYTES_PER_PASS)
             if self._rep is not None and self._rep in ready:
                 self._serve_sync_requests()
+            if self._router is not None and self._router in ready:
+                self._serve_recovery_requests()
+            if window is not None and now >= window.trim_due_at:
+                window.trim(now)
             if self._reload_keys_requested:
                 self._reload_keys_requested = False
                 self._reload_authorized_keys()
             housekeeping = housekeeping_limiter.allow()
             if housekeeping:
-                self._forget_sent_replies()
+                self._sync_in_flight.forget_sent()
+                self._recovery_in_flight.forget_sent()
                 peers.trim_heap_after_disconnects(now)
                 peers.count_fds()
                 if (
@@ -520,29 +560,46 @@ class Service:
             if finished > deadline or budget_bytes <= 0:
                 return
 
+    def _serve_recovery_requests(self) -> None:
+        """Answer queued recovery requests within this pass's budget (time, bytes, count)."""
+        router, recovery, guard = self._router, self.recovery, self.guard
+        perf_counter = time.perf_counter
+        deadline = perf_counter() + RECOVERY_SECONDS_PER_PASS
+        budget_bytes = RECOVERY_BYTES_PER_PASS
+        for _ in range(RECOVERY_REQUESTS_PER_PASS):
+            try:
+                message = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # [peer, request] from a DEALER, [peer, b"", request] from a REQ; anything else is
+            # answered as a bad request when it has a peer, never taken apart further.
+            route, request = message[:-1], message[-1]
+            if len(route) > 2 or (len(route) == 2 and route[1]):
+                route, request = message[:1], b""
+            reply = answer_recovery_request(route[0], request, recovery, guard)
+            if reply.body is None:
+                router.send_multipart([*route, reply.header])
+            else:
+                router.send_multipart([*route, reply.header], zmq.SNDMORE)
+                tracker = router.send(reply.body, copy=False, track=True)
+                self._recovery_in_flight.add(tracker, len(reply.body))
+            budget_bytes -= len(request) + len(reply.body or b"")
+            if perf_counter() > deadline or budget_bytes <= 0:
+                return
+
     def _send_sync_reply(self, reply: bytes) -> None:
         # libzmq holds a reply until it is written to the peer's connection (or the peer is
         # gone): the tracker says when, so replies to clients that do not read are bounded in
         # total (sync.max_inflight_bytes) rather than per peer by a queue length.
-        tracker = self._rep.send(reply, copy=False, track=True)
-        self._replies_in_flight.append((tracker, len(reply)))
-        self.sync_inflight_bytes += len(reply)
-        if len(self._replies_in_flight) > MAX_TRACKED_REPLIES:
-            self._forget_sent_replies()
+        self._sync_in_flight.add(self._rep.send(reply, copy=False, track=True), len(reply))
 
-    def _snapshot_room(self) -> int:
-        """Bytes of snapshot replies that may be sent now (sync.max_inflight_bytes less those
-        still held)."""
-        self._forget_sent_replies()
-        return self.config.sync.max_inflight_bytes - self.sync_inflight_bytes
+    @property
+    def sync_inflight_bytes(self) -> int:
+        return self._sync_in_flight.bytes
 
-    def _forget_sent_replies(self) -> None:
-        if self._replies_in_flight:
-            held = [
-                (tracker, size) for tracker, size in self._replies_in_flight if not tracker.done
-            ]
-            self._replies_in_flight = held
-            self.sync_inflight_bytes = sum(size for _tracker, size in held)
+    @property
+    def recovery_inflight_bytes(self) -> int:
+        return self._recovery_in_flight.bytes
 
     def _reload_authorized_keys(self) -> None:
         if self._curve is None:
@@ -612,7 +669,7 @@ class Service:
     def summary(self) -> dict[str, object]:
         """What this run did, as data (`feedsvc serve --summary-file`): read it instead of the
         log, whose wording is for people."""
-        publisher, sync = self.publisher, self.sync
+        publisher, sync, recovery = self.publisher, self.sync, self.recovery
         stats = self.mirror.stats if self.mirror is not None else None
         mirror: dict[str, object] = {"enabled": stats is not None}
         if stats is not None:
@@ -642,6 +699,11 @@ class Service:
                 "snapshots_served": sync.snapshots_served if sync else 0,
                 "handshakes_completed": sync.completed_handshakes if sync else 0,
                 "rejected_by_reason": dict(sync.rejected_by_reason) if sync else {},
+            },
+            "recovery": {
+                "requests": recovery.requests if recovery else 0,
+                "ticks_served": recovery.served_ticks if recovery else 0,
+                "rejected_by_reason": dict(recovery.rejected_by_reason) if recovery else {},
             },
             "connections_refused": self.peers.refusal_counts(self.authenticator),
             "internal_errors": dict(self.guard.errors_by_where),
@@ -687,6 +749,9 @@ class Service:
         if self._rep is not None:
             self._rep.close(linger=0)
             self._rep = None
+        if self._router is not None:
+            self._router.close(linger=0)
+            self._router = None
         if self._pull is not None:
             self._pull.close(linger=0)
             self._pull = None

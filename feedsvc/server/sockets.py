@@ -17,7 +17,7 @@ from feedsvc.protocol.ticks import MAX_SYMBOL_LENGTH, topic_prefix
 from feedsvc.server.access import zap_domain
 
 # The sockets whose connections are watched, as named in logs, metric labels and ZAP domains.
-SOCKET_NAMES: Final = ("publisher", "ingest", "sync")
+SOCKET_NAMES: Final = ("publisher", "ingest", "sync", "recovery")
 MONITORED_EVENTS: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES
 # A connection that has not completed its ZMTP handshake by then is dropped (ZMQ_HANDSHAKE_IVL;
 # libzmq's default is 30 s): raw TCP connects that never speak cannot hold descriptors for long.
@@ -35,6 +35,9 @@ PUBLISHER_MAX_MESSAGE_BYTES: Final = 128
 PUBLISHER_MAX_MESSAGE_BYTES_CURVE: Final = 512
 # Requests queued per sync peer: a REQ has one in flight; a DEALER may pipeline.
 SYNC_QUEUED_PER_PEER: Final = 2
+# Requests queued per recovery peer, and replies queued for it (a client has one request per
+# symbol in flight; it retries what is dropped beyond).
+RECOVERY_QUEUED_PER_PEER: Final = 16
 # Above this many times the size limit a peer is disconnected by libzmq instead of being read.
 HARD_LIMIT_FACTOR: Final = 4
 

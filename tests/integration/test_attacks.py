@@ -44,6 +44,7 @@ class Attacked:
             *serve_settings([self.endpoints.publisher]),
             f"ingest.endpoint={self.endpoints.ingest}",
             f"sync.endpoint={self.endpoints.sync}",
+            "recovery.endpoint=",
             f"metrics.port={self.endpoints.metrics_port}",
             f"synthetic.rate={RATE}",
             # Heartbeats once a second, as in production: the victim measures their silences.

@@ -69,6 +69,7 @@ def test_serve_main_process_loads_no_kafka_client_rich_or_loadtest(
         f"publisher.endpoints=[tcp://127.0.0.1:{free_tcp_port()}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         "metrics.port=0",
         f"kafka.enabled={str(mirror).lower()}",
         f"kafka.bootstrap={kafka_broker.bootstrap}",

@@ -169,6 +169,7 @@ def test_a_client_written_from_the_docs_syncs_and_receives_every_tick_from_the_s
     process = serve(
         *serve_settings([publisher]),
         f"sync.endpoint={sync}",
+        "recovery.endpoint=",
         f"ingest.endpoint={ingest}",
         f"metrics.port={metrics_port}",
         "synthetic.rate=5000",

@@ -45,6 +45,7 @@ class Feed:
             *settings,
             f"ingest.endpoint={self.ingest}",
             f"sync.endpoint={self.sync}",
+            "recovery.endpoint=",
             f"metrics.port={self.metrics_port}",
             f"synthetic.rate={RATE}",
             f"synthetic.symbols={SYMBOLS}",

@@ -59,6 +59,7 @@ def _serve_mirroring(
         f"publisher.endpoints=[{ipc_endpoint}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         f"metrics.port={metrics_port}",
         "log.level=DEBUG",
         "synthetic.symbols=3",

@@ -39,6 +39,7 @@ def _settings(endpoint: str, metrics_port: int, *extra: str) -> list[str]:
         f"publisher.endpoints=[{endpoint}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         "kafka.enabled=false",
         f"metrics.port={metrics_port}",
         "publisher.heartbeat_interval_s=0.1",

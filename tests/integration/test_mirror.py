@@ -33,6 +33,7 @@ def mirror_settings(endpoint: str, bootstrap: str, topic: str, *extra: str) -> l
         f"publisher.endpoints=[{endpoint}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         "metrics.port=0",
         "publisher.heartbeat_interval_s=0.1",
         "kafka.enabled=true",

@@ -50,6 +50,7 @@ def test_every_tick_once_through_a_leader_kill_and_two_nodes_down(
         f"publisher.endpoints=[{ipc_endpoint}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         f"metrics.port={metrics_port}",
         "metrics.host=127.0.0.1",
         f"synthetic.rate={RATE}",

@@ -58,6 +58,7 @@ def settings(endpoint: str, bootstrap: str, topic: str, metrics_port: int, rate:
         f"publisher.endpoints=[{endpoint}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         f"metrics.port={metrics_port}",
         "metrics.host=127.0.0.1",
         f"synthetic.rate={rate}",

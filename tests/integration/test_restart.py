@@ -47,6 +47,7 @@ def test_missed_ticks_at_the_start_of_a_new_epoch_are_reported_and_a_synced_clie
     settings = [
         *serve_settings([publisher]),
         f"sync.endpoint={sync}",
+        "recovery.endpoint=",
         f"ingest.endpoint={ingest}",
         f"synthetic.rate={RATE}",
         f"synthetic.symbols={SYMBOLS}",
@@ -110,6 +111,7 @@ def test_subscribe_json_summary_agrees_with_its_printed_seqs_across_a_restart(
     settings = [
         *serve_settings([publisher]),
         f"sync.endpoint={sync}",
+        "recovery.endpoint=",
         f"synthetic.rate={RATE}",
         f"synthetic.symbols={SYMBOLS}",
     ]

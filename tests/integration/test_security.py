@@ -95,6 +95,7 @@ def curve_service(
         f"publisher.endpoints=[{ipc}, {publisher}]",
         f"ingest.endpoint={ingest}",
         f"sync.endpoint={sync}",
+        "recovery.endpoint=",
         f"metrics.port={metrics_port}",
         "kafka.enabled=false",
         "publisher.heartbeat_interval_s=0.1",
@@ -388,6 +389,7 @@ def test_ipc_socket_files_get_the_configured_mode(
         f"publisher.endpoints=[ipc://{folder}/ticks]",
         f"ingest.endpoint=ipc://{folder}/ingest",
         f"sync.endpoint=ipc://{folder}/sync",
+        "recovery.endpoint=",
         "metrics.port=0",
         "kafka.enabled=false",
     ]

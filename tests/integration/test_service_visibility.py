@@ -37,6 +37,7 @@ def test_subscriber_count_follows_connects_and_disconnects(
             f"metrics.port={metrics_port}",
             "metrics.host=127.0.0.1",
             f"sync.endpoint={sync_endpoint}",
+            "recovery.endpoint=",
             "kafka.enabled=false",
             "synthetic.rate=1000",
         ],

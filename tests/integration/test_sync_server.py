@@ -96,6 +96,7 @@ def _sync_service_mid_stream(
     process = serve(
         *serve_settings(endpoints, "synthetic.rate=20000", f"synthetic.symbols={symbols}"),
         f"sync.endpoint={sync_endpoint}",
+        "recovery.endpoint=",
     )
     subscribed_probe(zmq_context, endpoints[0], process, b"_hb ")
     time.sleep(0.5)
@@ -132,6 +133,7 @@ def test_rare_symbol_has_a_snapshot_value(
     process = serve(
         *serve_settings([ipc_endpoint], "synthetic.enabled=false"),
         f"sync.endpoint={sync_endpoint}",
+        "recovery.endpoint=",
         f"ingest.endpoint={ingest_endpoint}",
     )
     probe = subscribed_probe(zmq_context, ipc_endpoint, process, b"RARE ", b"_hb ")
@@ -160,6 +162,7 @@ def test_bad_requests_get_error_replies_and_the_socket_stays_usable(
     process = serve(
         *serve_settings([ipc_endpoint], "synthetic.rate=1000"),
         f"sync.endpoint={sync_endpoint}",
+        "recovery.endpoint=",
         "sync.max_symbols_per_request=5",
         "sync.max_request_bytes=1024",
     )
@@ -191,6 +194,7 @@ def test_wait_subscribers_gives_each_client_seq_1_of_every_symbol(
             [ipc_endpoint, tcp_endpoint], "synthetic.rate=20000", "synthetic.symbols=20"
         ),
         f"sync.endpoint={sync_endpoint}",
+        "recovery.endpoint=",
         extra_args=("--wait-subscribers", "2"),
     )
     probe = subscribed_probe(zmq_context, ipc_endpoint, process, b"")
@@ -324,6 +328,7 @@ def test_a_bare_ready_does_not_release_wait_subscribers(
     process = serve(
         *serve_settings([ipc_endpoint], "synthetic.rate=5000"),
         f"sync.endpoint={sync_endpoint}",
+        "recovery.endpoint=",
         extra_args=("--wait-subscribers", "1"),
     )
     probe = subscribed_probe(zmq_context, ipc_endpoint, process, b"")

@@ -76,6 +76,7 @@ def serve_settings(
         f"publisher.endpoints=[{ticks_endpoint}]",
         f"ingest.endpoint={ingest_endpoint or ''}",
         "sync.endpoint=",
+        "recovery.endpoint=",
         f"metrics.port={metrics_port}",
         "metrics.host=127.0.0.1",
     ]

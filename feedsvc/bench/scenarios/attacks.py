@@ -94,6 +94,7 @@ def serve_settings(args: argparse.Namespace, endpoints: hostile.Endpoints) -> li
         f"publisher.endpoints=[{endpoints.publisher}]",
         f"ingest.endpoint={endpoints.ingest}",
         f"sync.endpoint={endpoints.sync}",
+        "recovery.endpoint=",
         f"metrics.port={endpoints.metrics_port}",
         f"metrics.host={endpoints.metrics_host}",
         f"synthetic.rate={args.rate:g}",

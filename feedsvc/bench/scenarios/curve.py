@@ -41,6 +41,7 @@ def serve_settings(port: int, metrics_port: int, keys: Path | None) -> list[str]
         f"publisher.endpoints=[tcp://127.0.0.1:{port}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         "kafka.enabled=false",
         f"metrics.port={metrics_port}",
         "synthetic.rate=0",

@@ -105,6 +105,7 @@ def serve_settings(
         f"publisher.endpoints=[{endpoints}]",
         "ingest.endpoint=",
         "sync.endpoint=",
+        "recovery.endpoint=",
         "metrics.port=0",
         "synthetic.enabled=true",
         "synthetic.rate=0",

@@ -7,6 +7,7 @@ no metrics call at all, and the names and help texts live in this one module.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
@@ -33,6 +34,7 @@ from feedsvc.server.guard import InputGuard
 from feedsvc.server.mirror import MirrorHandoff
 from feedsvc.server.observe.http import REJECT_REASONS, BoundedHttpServer, Response
 from feedsvc.server.publisher import Publisher
+from feedsvc.server.recovery.handler import RecoveryHandler
 from feedsvc.server.sync import SyncHandler
 
 
@@ -47,6 +49,8 @@ class ServiceCounters(Protocol):
     sync_inflight_bytes: int
     publisher: Publisher | None
     sync: SyncHandler | None
+    recovery: RecoveryHandler | None
+    recovery_inflight_bytes: int
     mirror: MirrorHandoff | None
     guard: InputGuard
     authenticator: PeerAuthenticator | None
@@ -156,6 +160,7 @@ class ServiceCollector:
         )
         yield from self._collect_limits()
         yield from self._collect_sync()
+        yield from self._collect_recovery()
         yield from self._collect_mirror()
 
     def _collect_limits(self) -> Iterator[Metric]:
@@ -234,6 +239,56 @@ class ServiceCollector:
             for reason, count in sync.rejected_by_reason.items():
                 rejected.add_metric([reason], count)
         yield rejected
+
+    def _collect_recovery(self) -> Iterator[Metric]:
+        service = self._service
+        recovery = service.recovery
+        yield CounterMetricFamily(
+            "feedsvc_recovery_requests",
+            "Gap recovery requests received (answered with ticks or an error).",
+            value=recovery.requests if recovery else 0,
+        )
+        served = CounterMetricFamily(
+            "feedsvc_recovery_ticks_served",
+            "Ticks sent in recovery replies, by source (memory: the recovery window).",
+            labels=["source"],
+        )
+        if recovery is not None:
+            for source, count in recovery.served_by_source.items():
+                served.add_metric([source], count)
+        yield served
+        yield CounterMetricFamily(
+            "feedsvc_recovery_bytes_served",
+            "Bytes of ticks sent in recovery replies.",
+            value=recovery.served_bytes if recovery else 0,
+        )
+        rejected = CounterMetricFamily(
+            "feedsvc_recovery_requests_rejected",
+            "Recovery requests answered with an error, by reason (docs/recovery-protocol.md).",
+            labels=["reason"],
+        )
+        if recovery is not None:
+            for reason, count in recovery.rejected_by_reason.items():
+                rejected.add_metric([reason], count)
+        yield rejected
+        window = recovery.window if recovery is not None else None
+        yield GaugeMetricFamily(
+            "feedsvc_recovery_window_bytes",
+            "Bytes of frames the recovery window holds (bounded by recovery.max_bytes).",
+            value=window.held_bytes if window else 0,
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_recovery_window_age_seconds",
+            "About how old the oldest frame held is (recovery.window_s at most, unless "
+            "recovery.max_bytes trims sooner).",
+            value=window.oldest_mark_age_s(time.monotonic()) if window else 0,
+        )
+        yield GaugeMetricFamily(
+            "feedsvc_recovery_inflight_bytes",
+            "Recovery reply bytes libzmq still holds for clients (bounded by "
+            "recovery.max_inflight_bytes).",
+            value=service.recovery_inflight_bytes,
+        )
 
     def _collect_mirror(self) -> Iterator[Metric]:
         mirror = self._service.mirror
