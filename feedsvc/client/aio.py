@@ -42,15 +42,32 @@ class AsyncSubscriber(_SubscriberCore):
         """
         if self._sync_pending:
             await self.sync()
+        if self._recovering:
+            self._serve_recovery()
         tick = self._take_ready()
         if tick is None:
             for wait_ms in self._poll_waits_ms(timeout):
-                if not await self._unless_closed(self._owned_socket.poll(wait_ms)):
+                if self._recovering:
+                    # Replies and re-sends are due too: wait on both sockets.
+                    waiting = self._both_sockets().poll(self._recovery_wait_ms(wait_ms))
+                else:
+                    waiting = self._owned_socket.poll(wait_ms)
+                if not await self._unless_closed(waiting):
                     return None
+                if self._recovering:
+                    self._serve_recovery()
                 tick = self._take_ready()
                 if tick is not None:
                     break
         return tick
+
+    def _both_sockets(self) -> zmq.asyncio.Poller:
+        poller = self._recovery_poller
+        if poller is None:
+            poller = self._recovery_poller = zmq.asyncio.Poller()
+            poller.register(self._owned_socket, zmq.POLLIN)
+            poller.register(self._owned_recovery_socket, zmq.POLLIN)
+        return poller
 
     async def _unless_closed(self, waiting: Awaitable[object]) -> bool:
         """Await `waiting`; False if close() cancelled it, True when it completed."""

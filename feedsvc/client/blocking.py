@@ -42,6 +42,17 @@ class Subscriber(_SubscriberCore):
     sync_timeout_s, sync_attempts:
         Each snapshot request waits this long for the reply, then for the marker; after this many
         failed requests ``SyncError`` is raised.
+    recovery_endpoint:
+        The service's ``recovery.endpoint`` (docs/recovery-protocol.md): on a gap in a symbol,
+        its later ticks are held while the missing ones are asked for, then the recovered ticks
+        and the held ones are delivered in seq order, so the symbol's stream is complete; every
+        other symbol is delivered live meanwhile. What cannot be recovered (outside the
+        service's window, its limits, no reply) is reported to on_gap as today, with
+        ``recovery_tried`` and ``recovery_error``. Not with conflate.
+    recovery_timeout_s, recovery_attempts, recovery_hold_ticks:
+        Each recovery request waits this long for its reply and is sent at most this many
+        times; at most this many ticks of a symbol are held meanwhile (beyond, its gap is
+        reported and the held ticks go out).
     on_gap, on_restart, on_dead, on_alive:
         Called from inside ``recv()`` (or ``sync()``) on the matching event.
     context:
@@ -82,14 +93,29 @@ class Subscriber(_SubscriberCore):
         """
         if self._sync_pending:
             self.sync()
+        if self._recovering:
+            self._serve_recovery()
         tick = self._take_ready()
         if tick is None:
             for wait_ms in self._poll_waits_ms(timeout):
-                self._socket.poll(wait_ms)
+                if self._recovering:
+                    # Replies and re-sends are due too: wait on both sockets.
+                    self._both_sockets().poll(self._recovery_wait_ms(wait_ms))
+                    self._serve_recovery()
+                else:
+                    self._socket.poll(wait_ms)
                 tick = self._take_ready()
                 if tick is not None:
                     break
         return tick
+
+    def _both_sockets(self) -> zmq.Poller:
+        poller = self._recovery_poller
+        if poller is None:
+            poller = self._recovery_poller = zmq.Poller()
+            poller.register(self._socket, zmq.POLLIN)
+            poller.register(self._recovery_socket, zmq.POLLIN)
+        return poller
 
     def __iter__(self) -> Iterator[Tick]:
         while not self._closed:

@@ -26,6 +26,14 @@ from feedsvc.client.diagnostics import (
     queued_handshake_failures,
 )
 from feedsvc.client.handshake import DEFAULT_SYNC_ATTEMPTS, DEFAULT_SYNC_TIMEOUT_S
+from feedsvc.client.recovering import _RecoveryRunner
+from feedsvc.client.recovery import (
+    DEFAULT_RECOVERY_ATTEMPTS,
+    DEFAULT_RECOVERY_HOLD_TICKS,
+    DEFAULT_RECOVERY_TIMEOUT_S,
+    GAVE_UP_RESTART,
+    GapFiller,
+)
 from feedsvc.client.sequence import Duplicate, Gap, Restart, SequenceTracker
 from feedsvc.client.syncing import _SyncRunner
 from feedsvc.curve import CurveClientKeys
@@ -83,6 +91,16 @@ class SubscriberStats:
     # Connection handshakes that failed (see Subscriber.handshake_failure); counted while the
     # feed is silent, which is when they matter.
     handshake_failures: int = 0
+    # Gap recovery (recovery_endpoint): requests sent, ticks recovered and delivered in place,
+    # gaps (and their ticks) that could not be recovered (also counted in gaps and missed), and
+    # how long recoveries took, first gap of a symbol to the release of its held ticks.
+    recovery_requests: int = 0
+    recovered: int = 0
+    unrecoverable_gaps: int = 0
+    unrecoverable_ticks: int = 0
+    recoveries: int = 0
+    recovery_latency_total_s: float = 0.0
+    recovery_latency_max_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         """The counters as plain JSON-able data (a copy)."""
@@ -104,6 +122,10 @@ class _Settings:
     sync_endpoint: str | None
     sync_timeout_s: float
     sync_attempts: int
+    recovery_endpoint: str | None = None
+    recovery_timeout_s: float = DEFAULT_RECOVERY_TIMEOUT_S
+    recovery_attempts: int = DEFAULT_RECOVERY_ATTEMPTS
+    recovery_hold_ticks: int = DEFAULT_RECOVERY_HOLD_TICKS
 
     @classmethod
     def checked(
@@ -119,6 +141,10 @@ class _Settings:
         sync_endpoint: str | None,
         sync_timeout_s: float,
         sync_attempts: int,
+        recovery_endpoint: str | None = None,
+        recovery_timeout_s: float = DEFAULT_RECOVERY_TIMEOUT_S,
+        recovery_attempts: int = DEFAULT_RECOVERY_ATTEMPTS,
+        recovery_hold_ticks: int = DEFAULT_RECOVERY_HOLD_TICKS,
     ) -> Self:
         """The settings; ValueError says which argument is wrong and how."""
         endpoint_list = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -134,6 +160,18 @@ class _Settings:
             raise ValueError(f"sync_timeout_s must be > 0, got {sync_timeout_s!r}")
         if sync_attempts < 1:
             raise ValueError(f"sync_attempts must be >= 1, got {sync_attempts!r}")
+        if recovery_endpoint is not None:
+            if conflate:
+                raise ValueError(
+                    "conflate and recovery_endpoint exclude each other: a conflating client "
+                    "skips old ticks on purpose, recovery fetches them"
+                )
+            if not recovery_timeout_s > 0 or recovery_attempts < 1 or recovery_hold_ticks < 1:
+                raise ValueError(
+                    "recovery_timeout_s must be > 0, recovery_attempts and recovery_hold_ticks "
+                    f">= 1; got {recovery_timeout_s!r}, {recovery_attempts!r}, "
+                    f"{recovery_hold_ticks!r}"
+                )
         return cls(
             endpoints=tuple(endpoint_list),
             subscriptions=tuple(subscriptions),
@@ -147,10 +185,14 @@ class _Settings:
             sync_endpoint=sync_endpoint,
             sync_timeout_s=sync_timeout_s,
             sync_attempts=sync_attempts,
+            recovery_endpoint=recovery_endpoint,
+            recovery_timeout_s=recovery_timeout_s,
+            recovery_attempts=recovery_attempts,
+            recovery_hold_ticks=recovery_hold_ticks,
         )
 
 
-class _SubscriberCore(_SyncRunner):
+class _SubscriberCore(_SyncRunner, _RecoveryRunner):
     """Socket set-up, decoding, sequence checks, conflation, liveness and (from `_SyncRunner`)
     the sync handshake, shared by the blocking and the asyncio subscriber; those only add the
     way they wait for the sockets.
@@ -174,6 +216,10 @@ class _SubscriberCore(_SyncRunner):
         sync_endpoint: str | None = None,
         sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S,
         sync_attempts: int = DEFAULT_SYNC_ATTEMPTS,
+        recovery_endpoint: str | None = None,
+        recovery_timeout_s: float = DEFAULT_RECOVERY_TIMEOUT_S,
+        recovery_attempts: int = DEFAULT_RECOVERY_ATTEMPTS,
+        recovery_hold_ticks: int = DEFAULT_RECOVERY_HOLD_TICKS,
         on_gap: Callable[[Gap], object] | None = None,
         on_restart: Callable[[Restart], object] | None = None,
         on_dead: Callable[[], object] | None = None,
@@ -192,6 +238,10 @@ class _SubscriberCore(_SyncRunner):
             sync_endpoint=sync_endpoint,
             sync_timeout_s=sync_timeout_s,
             sync_attempts=sync_attempts,
+            recovery_endpoint=recovery_endpoint,
+            recovery_timeout_s=recovery_timeout_s,
+            recovery_attempts=recovery_attempts,
+            recovery_hold_ticks=recovery_hold_ticks,
         )
         self.endpoints = list(settings.endpoints)
         self.sync_endpoint = sync_endpoint
@@ -203,6 +253,7 @@ class _SubscriberCore(_SyncRunner):
         self._init_delivery()
         self._init_liveness()
         self._init_sync()
+        self._init_recovery()
         self._open_sockets(context)
 
     def _init_delivery(self) -> None:
@@ -214,6 +265,24 @@ class _SubscriberCore(_SyncRunner):
         self._closed = False
         # Ticks the handshake hands out before any live one: the snapshot's, then the kept ones.
         self._backlog: deque[Tick] = deque()
+
+    def _init_recovery(self) -> None:
+        settings = self._settings
+        self.recovery_endpoint = settings.recovery_endpoint
+        self._filler: GapFiller | None = None
+        if settings.recovery_endpoint is not None:
+            self._filler = GapFiller(
+                _decode_frame,
+                settings.recovery_timeout_s,
+                settings.recovery_attempts,
+                settings.recovery_hold_ticks,
+            )
+        # The symbols being recovered (empty without recovery): one truth test per tick.
+        self._recovering = self._filler.recovering if self._filler is not None else {}
+        self._recovery_socket: zmq.Socket | None = None
+        self._owned_recovery_socket: zmq.Socket | None = None
+        # The SUB and the DEALER socket in one poller (blocking or asyncio), made on first use.
+        self._recovery_poller: Any = None
 
     def _init_liveness(self) -> None:
         heartbeat_timeout_s = self._settings.heartbeat_timeout_s
@@ -241,6 +310,8 @@ class _SubscriberCore(_SyncRunner):
             # Connected now: a bad endpoint fails here, and the connection is up by sync().
             if self.sync_endpoint is not None:
                 self._open_sync_req()
+            if self.recovery_endpoint is not None:
+                self._open_recovery_dealer(self.recovery_endpoint)
         except BaseException:
             self.close()
             raise
@@ -328,6 +399,8 @@ class _SubscriberCore(_SyncRunner):
         if self._sync_steps is not None:
             self._sync_steps.close()
         self._close_sync_req()
+        if self._owned_recovery_socket is not None:
+            self._owned_recovery_socket.close(linger=0)
         if self._handshake_monitor is not None:
             self._handshake_monitor.close(linger=0)
         self._owned_socket.close(linger=0)
@@ -361,7 +434,20 @@ class _SubscriberCore(_SyncRunner):
         except _MALFORMED_ERRORS:
             self.stats.malformed += 1
             return None
-        if event is None or self._report(event):
+        if event is None:
+            if self._recovering:
+                # A symbol being recovered: its later ticks wait for the missing ones.
+                recovering = self._recovering.get(tick["sym"])
+                if recovering is not None:
+                    self._filler.hold(recovering, tick)
+                    self._pump_recovery()
+                    return None
+            return tick
+        if type(event) is Gap and self._filler is not None:
+            self._filler.start(event, tick)
+            self._pump_recovery()
+            return None
+        if self._report(event):
             return tick
         return None
 
@@ -395,6 +481,10 @@ class _SubscriberCore(_SyncRunner):
 
     def _restarted(self, restart: Restart, resync: bool = True) -> None:
         self.stats.restarts += 1
+        if self._recovering:
+            # The old epoch's ticks are not held any more: release what was held.
+            self._filler.give_up_all(GAVE_UP_RESTART)
+            self._pump_recovery()
         # A synced client syncs again in the new epoch: quiet symbols get their new value, and
         # the snapshot is the new baseline. The next recv() runs it.
         if resync and self.sync_endpoint is not None and self._snapshot is not None:
@@ -519,6 +609,11 @@ class _SubscriberCore(_SyncRunner):
                     return
                 wait_s = min(wait_s, deadline - now)
             yield max(1, math.ceil(wait_s * 1000))
+
+
+def _decode_frame(frame: bytes) -> Tick:
+    """A broadcast tick frame's payload (raises ValueError when there is none)."""
+    return orjson.loads(frame[frame.index(b" ") + 1 :])
 
 
 def _subscriptions(symbols: Iterable[str], prefixes: Iterable[str | bytes]) -> list[bytes]:

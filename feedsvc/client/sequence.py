@@ -9,13 +9,20 @@ from feedsvc.protocol.ticks import Tick
 
 
 class Gap(NamedTuple):
-    """Ticks of one symbol never received: seq jumped from expected_seq - 1 to received_seq."""
+    """Ticks of one symbol never received: seq jumped from expected_seq - 1 to received_seq.
+
+    With gap recovery on, a gap is reported only when it could not be recovered:
+    `recovery_tried` is then True and `recovery_error` says why (the service's error code, or
+    timeout, hold_full, restart, bad_reply).
+    """
 
     symbol: str
     epoch: int
     expected_seq: int
     received_seq: int
     missed: int
+    recovery_tried: bool = False
+    recovery_error: str | None = None
 
 
 class Restart(NamedTuple):

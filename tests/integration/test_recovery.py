@@ -1,0 +1,143 @@
+"""Gap recovery end to end: `feedsvc serve` with recovery.endpoint, a subscriber that drops
+ticks (small queues, slow bursts) and recovers them, and a plain DEALER written from
+docs/recovery-protocol.md."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import pytest
+import zmq
+
+from feedsvc.bench.procs import ServeProcess
+from feedsvc.client import Gap, Subscriber
+from tests.conftest import serve_settings, subscribed_probe
+
+RATE: Final = 20_000
+SYMBOLS: Final = 10
+# The slow consumer reads this many ticks, then pauses: ~4,000 ticks are published meanwhile,
+# far beyond its queues (publisher.sndhwm, its rcvhwm and the kernel's buffers).
+BURST_TICKS: Final = 2_000
+PAUSE_S: Final = 0.2
+BURSTS: Final = 8
+WAIT_S: Final = 20.0
+
+
+def recovery_service(
+    serve: Callable[..., ServeProcess], tmp_path: Path, *extra: str
+) -> tuple[ServeProcess, str, str]:
+    pub, recovery = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/recovery"
+    process = serve(
+        *serve_settings(
+            [pub],
+            f"recovery.endpoint={recovery}",
+            f"synthetic.rate={RATE}",
+            f"synthetic.symbols={SYMBOLS}",
+            "publisher.sndhwm=200",
+            *extra,
+        )
+    )
+    process.wait_until_serving()
+    return process, pub, recovery
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def reference_subscriber(context: zmq.Context, pub: str, process: ServeProcess) -> zmq.Socket:
+    """A raw SUB with unbounded queues that keeps every frame (read at the end)."""
+    probe = subscribed_probe(context, pub, process, b"SYN")
+    probe.setsockopt(zmq.RCVHWM, 0)
+    return probe
+
+
+def read_slowly(subscriber: Subscriber) -> list[dict[str, Any]]:
+    ticks: list[dict[str, Any]] = []
+    for _ in range(BURSTS):
+        for _ in range(BURST_TICKS):
+            tick = subscriber.recv(timeout=WAIT_S)
+            assert tick is not None, "no tick within the wait"
+            ticks.append(tick)
+        time.sleep(PAUSE_S)
+    # Whatever is being recovered still comes out, in order.
+    deadline = time.monotonic() + WAIT_S
+    while subscriber.recovering and time.monotonic() < deadline:
+        tick = subscriber.recv(timeout=0.5)
+        if tick is not None:
+            ticks.append(tick)
+    assert not subscriber.recovering, "recovery still under way after the wait"
+    return ticks
+
+
+def frames_by_key(
+    probe: zmq.Socket, last_seq_by_symbol: dict[str, int]
+) -> dict[tuple[str, int], bytes]:
+    """The reference's frames by (symbol, seq), read until it has every symbol's given seq
+    (the feed goes on meanwhile)."""
+    frames: dict[tuple[str, int], bytes] = {}
+    missing = dict(last_seq_by_symbol)
+    deadline = time.monotonic() + WAIT_S
+    while missing and time.monotonic() < deadline:
+        if not probe.poll(100):
+            continue
+        frame = probe.recv()
+        tick = orjson.loads(frame.split(b" ", 1)[1])
+        frames[tick["sym"], tick["seq"]] = frame
+        if missing.get(tick["sym"], 0) <= tick["seq"]:
+            missing.pop(tick["sym"], None)
+    return frames
+
+
+def test_a_slow_subscriber_with_recovery_gets_every_tick_in_order_as_broadcast(
+    serve: Callable[..., ServeProcess], tmp_path: Path, context: zmq.Context
+) -> None:
+    process, pub, recovery = recovery_service(serve, tmp_path)
+    reference = reference_subscriber(context, pub, process)
+    gaps: list[Gap] = []
+    subscriber = Subscriber(
+        pub,
+        prefixes=["SYN"],
+        rcvhwm=100,
+        rcvbuf=16_384,
+        recovery_endpoint=recovery,
+        on_gap=gaps.append,
+    )
+    try:
+        ticks = read_slowly(subscriber)
+        stats = subscriber.stats
+    finally:
+        subscriber.close()
+    assert stats.recovered > 1_000, f"the test did not make the subscriber drop: {stats}"
+    broadcast = frames_by_key(reference, {tick["sym"]: tick["seq"] for tick in ticks})
+    assert gaps == [] and stats.gaps == 0 and stats.unrecoverable_gaps == 0
+    by_symbol: dict[str, list[int]] = {}
+    for tick in ticks:
+        by_symbol.setdefault(tick["sym"], []).append(tick["seq"])
+        # Byte-identical to what was broadcast: the payload re-encoded is the frame's.
+        frame = broadcast[tick["sym"], tick["seq"]]
+        assert frame.split(b" ", 1)[1] == orjson.dumps(tick)
+    assert len(by_symbol) == SYMBOLS
+    for symbol, seqs in by_symbol.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{symbol} not contiguous"
+
+
+def test_without_recovery_the_same_reader_sees_gaps(
+    serve: Callable[..., ServeProcess], tmp_path: Path
+) -> None:
+    _process, pub, _recovery = recovery_service(serve, tmp_path)
+    gaps: list[Gap] = []
+    subscriber = Subscriber(pub, prefixes=["SYN"], rcvhwm=100, rcvbuf=16_384, on_gap=gaps.append)
+    try:
+        read_slowly(subscriber)
+    finally:
+        subscriber.close()
+    assert gaps and subscriber.stats.missed > 0
+    assert not any(gap.recovery_tried for gap in gaps)
