@@ -116,6 +116,13 @@ def add_subscribe_arguments(parser: argparse.ArgumentParser) -> None:
         help="wait per handshake step and attempt (default: %(default)s)",
     )
     parser.add_argument(
+        "--recover",
+        dest="recovery_endpoint",
+        metavar="EP",
+        help="the service's recovery.endpoint: ask it for missed ticks, so each symbol's seqs "
+        "are contiguous (docs/recovery-protocol.md); not with --conflate",
+    )
+    parser.add_argument(
         "--curve-server-key",
         type=Path,
         metavar="FILE",
@@ -158,6 +165,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         conflate=args.conflate,
         sync_endpoint=args.sync_endpoint,
         sync_timeout_s=args.sync_timeout,
+        recovery_endpoint=args.recovery_endpoint,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         curve_server_key=args.curve_server_key,
@@ -229,6 +237,7 @@ def run_subscribe(
     conflate: bool = False,
     sync_endpoint: str | None = None,
     sync_timeout_s: float = DEFAULT_SYNC_TIMEOUT_S,
+    recovery_endpoint: str | None = None,
     metrics_port: int = 0,
     metrics_host: str = "127.0.0.1",
     curve_server_key: Path | None = None,
@@ -237,6 +246,7 @@ def run_subscribe(
     """Subscribe and print ticks until `count` ticks, `duration_s` seconds or SIGINT/SIGTERM.
 
     With `sync_endpoint` the sync handshake runs first and the snapshot's ticks come first.
+    With `recovery_endpoint` missed ticks are asked for and delivered in place.
     With `metrics_port` (not 0) the subscriber's Prometheus metrics are served on
     `metrics_host`:`metrics_port` while it runs.
 
@@ -264,6 +274,7 @@ def run_subscribe(
             conflate=conflate,
             sync_endpoint=sync_endpoint,
             sync_timeout_s=sync_timeout_s,
+            recovery_endpoint=recovery_endpoint,
             on_dead=on_dead,
             on_alive=on_alive,
             curve=curve,
@@ -406,6 +417,8 @@ class _LiveView:
             f"publisher {status}   {self.rate_per_s:,.0f} msgs/s   received {stats.received:,}   "
             f"gaps {stats.gaps:,}   missed {stats.missed:,}   restarts {stats.restarts:,}"
         )
+        if self.subscriber.recovery_endpoint is not None:
+            caption += f"   recovered {stats.recovered:,}"
         if not self.subscriber.alive:
             caption += f"\n[red]{escape(_silence(self.subscriber))}[/]"
         table = Table(title=", ".join(self.subscriber.endpoints), caption=caption)

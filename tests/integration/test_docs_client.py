@@ -211,3 +211,66 @@ def _ingested(metrics_port: int) -> float:
     except OSError:  # not listening yet
         return 0.0
     return samples.get('feedsvc_ticks_ingested_total{source="ingest"}', 0.0)
+
+
+# The numbers docs/recovery-protocol.md recommends.
+RECOVERY_TIMEOUT_S = 1.0
+RECOVERY_SENDS = 3
+
+
+def _recover(dealer: zmq.Socket, request: dict[str, Any]) -> list[bytes]:
+    """One request as docs/recovery-protocol.md says: a new id per send, 3 sends of 1 s."""
+    for attempt in range(RECOVERY_SENDS):
+        request["id"] = f"{request['symbol']}.{attempt}.{secrets.token_hex(4)}"
+        dealer.send(json.dumps(request).encode())
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while dealer.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            parts = dealer.recv_multipart()
+            if json.loads(parts[0])["id"] == request["id"]:
+                return parts
+    raise AssertionError("no recovery reply")
+
+
+def test_a_dealer_written_from_the_docs_recovers_a_range_byte_for_byte(
+    serve: Serve, tmp_path: Any
+) -> None:
+    publisher, recovery = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/recovery"
+    process = serve(
+        *serve_settings(
+            [publisher],
+            f"recovery.endpoint={recovery}",
+            "synthetic.rate=2000",
+            "synthetic.symbols=5",
+        )
+    )
+    process.wait_until_serving()
+    context = zmq.Context()
+    try:
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"SYN0002 ")
+        sub.connect(publisher)
+        frames: list[bytes] = []
+        deadline = time.monotonic() + 20
+        while len(frames) < 100 and time.monotonic() < deadline:
+            if sub.poll(100):
+                frames.append(sub.recv())
+        assert len(frames) == 100
+        ticks = [json.loads(frame.split(b" ", 1)[1]) for frame in frames]
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(recovery)
+        wanted = {"symbol": "SYN0002", "epoch": ticks[0]["epoch"]}
+        parts = _recover(
+            dealer, {"op": "recover", **wanted, "first": ticks[10]["seq"], "last": ticks[59]["seq"]}
+        )
+        header = json.loads(parts[0])
+        assert header["ok"] is True and header["source"] == "memory" and header["count"] == 50
+        assert parts[1].split(b"\n") == frames[10:60]
+        # An error says why, in the documented fields.
+        parts = _recover(dealer, {"op": "recover", **wanted, "first": 1, "last": 10**6})
+        error = json.loads(parts[0])
+        assert error["ok"] is False and error["error"] == "range_too_large"
+        assert error["max_ticks"] == 10_000 and len(parts) == 1
+    finally:
+        context.destroy(linger=0)

@@ -87,6 +87,7 @@ def serve_endpoints() -> Iterator[dict[str, str]]:
             "kafka.enabled=false",
             "--set",
             "sync.endpoint=",
+            "--set",
             "recovery.endpoint=",
             "--set",
             f"synthetic.rate={TICKS_PER_S}",
