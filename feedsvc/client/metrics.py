@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -67,7 +67,23 @@ COUNTERS: Final = (
         "Times the feed went silent for longer than the heartbeat timeout (declared dead).",
         "heartbeat_misses",
     ),
+    (
+        "feedsvc_client_recovery_requests",
+        "Gap recovery requests sent (re-sends included).",
+        "recovery_requests",
+    ),
+    (
+        "feedsvc_client_recovered_ticks",
+        "Missed ticks recovered from the service and delivered in place.",
+        "recovered",
+    ),
+    (
+        "feedsvc_client_unrecoverable_gaps",
+        "Gaps recovery could not fill (reported as gaps).",
+        "unrecoverable_gaps",
+    ),
 )
+RECOVERY_SECONDS_NAME: Final = "feedsvc_client_recovery_seconds"
 _NS_PER_S: Final = 1_000_000_000
 
 
@@ -87,6 +103,15 @@ class _StatsCollector:
             family = CounterMetricFamily(name, help_text, labels=[ENDPOINT_LABEL])
             family.add_metric([self._endpoint], getattr(stats, attribute))
             yield family
+        recovery = SummaryMetricFamily(
+            RECOVERY_SECONDS_NAME,
+            "Recoveries (a symbol's first gap to the release of its held ticks) and their time.",
+            labels=[ENDPOINT_LABEL],
+        )
+        recovery.add_metric(
+            [self._endpoint], count_value=stats.recoveries, sum_value=stats.recovery_latency_total_s
+        )
+        yield recovery
 
 
 class SubscriberMetrics:

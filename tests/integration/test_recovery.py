@@ -4,6 +4,7 @@ docs/recovery-protocol.md."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -182,3 +183,98 @@ def test_subscribe_recover_prints_contiguous_seqs_while_its_stdout_is_read_slowl
     summary = orjson.loads(stderr_path.read_bytes().strip().splitlines()[-1])
     assert summary["recovered"] > 0, f"nothing was dropped, so nothing tested: {summary}"
     assert summary["gaps"] == 0 and summary["unrecoverable_gaps"] == 0
+
+
+FLOOD_CLIENTS: Final = 20
+FLOOD_S: Final = 3.0
+FLOOD_RATE: Final = 5_000
+FLOOD_SYMBOLS: Final = 2
+# Ticks of the flood's valid requests (about 700 KB per reply).
+FLOOD_RANGE: Final = 5_000
+
+
+def flood(endpoint: str, epoch: int, last_seq: int, results: Any) -> None:
+    """Many clients asking flat out: oversized ranges, garbage, and the largest valid ranges
+    (runs in its own process, bounded by FLOOD_S)."""
+    context = zmq.Context()
+    dealers = []
+    for _ in range(FLOOD_CLIENTS):
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoint)
+        dealers.append(dealer)
+    valid = {"op": "recover", "symbol": "SYN0001", "epoch": epoch}
+    valid |= {"first": last_seq - FLOOD_RANGE + 1, "last": last_seq}
+    requests = [
+        orjson.dumps({**valid, "id": "big", "last": last_seq + 10**6}),
+        b"\xff not json",
+        orjson.dumps({**valid, "id": "ok"}),
+    ]
+    codes: dict[str, int] = {}
+    replies = sent = 0
+    deadline = time.monotonic() + FLOOD_S
+    while time.monotonic() < deadline:
+        for dealer in dealers:
+            for request in requests:
+                dealer.send(request)
+                sent += 1
+        for dealer in dealers:
+            for _ in requests:
+                if not dealer.poll(1000):
+                    break
+                header = orjson.loads(dealer.recv_multipart()[0])
+                replies += 1
+                code = "ok" if header["ok"] else header["error"]
+                codes[code] = codes.get(code, 0) + 1
+    results.put({"sent": sent, "replies": replies, "codes": codes})
+    context.destroy(linger=0)
+
+
+def test_floods_oversized_ranges_and_garbage_get_errors_while_a_fast_subscriber_keeps_up(
+    serve: Callable[..., ServeProcess], tmp_path: Path
+) -> None:
+    process, pub, recovery = recovery_service(
+        serve, tmp_path, f"synthetic.rate={FLOOD_RATE}", f"synthetic.symbols={FLOOD_SYMBOLS}"
+    )
+    subscriber = Subscriber(pub, prefixes=["SYN"], rcvhwm=0)
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    flooder = None
+    try:
+        tick = subscriber.recv(timeout=WAIT_S)
+        assert tick is not None
+        # Wait until SYN0001 has FLOOD_RANGE ticks held, so that the flood's valid requests are.
+        time.sleep(FLOOD_RANGE * FLOOD_SYMBOLS / FLOOD_RATE * 1.1)
+        epoch, last_seq = tick["epoch"], 0
+        while tick is not None:
+            if tick["sym"] == "SYN0001":
+                last_seq = tick["seq"]
+            tick = subscriber.recv(timeout=0)
+        assert last_seq > FLOOD_RANGE
+        received_before = subscriber.stats.received
+        flooder = spawn.Process(target=flood, args=(recovery, epoch, last_seq, results))
+        started = time.monotonic()
+        flooder.start()
+        while time.monotonic() - started < FLOOD_S:
+            subscriber.recv(timeout=0.1)
+        received = subscriber.stats.received - received_before
+        outcome = results.get(timeout=WAIT_S)
+        flooder.join(WAIT_S)
+        stats = subscriber.stats
+    finally:
+        subscriber.close()
+        if flooder is not None and flooder.is_alive():
+            flooder.kill()
+            flooder.join(WAIT_S)
+    # The broadcast held its rate and lost nothing for the fast subscriber.
+    assert stats.gaps == 0
+    assert received >= 0.8 * FLOOD_RATE * FLOOD_S, (received, outcome)
+    codes = outcome["codes"]
+    assert codes.get("range_too_large", 0) > 0 and codes.get("not_json", 0) > 0
+    assert codes.get("ok", 0) > 0, codes
+    assert set(codes) <= {"ok", "range_too_large", "not_json", "rate_limited", "busy"}
+    process.popen.terminate()
+    assert process.popen.wait(WAIT_S) == 0
+    summary = process.summary()
+    assert summary["internal_errors"]["recovery"] == 0
+    assert summary["recovery"]["rejected_by_reason"]["not_json"] == codes["not_json"]

@@ -38,6 +38,9 @@ SERVER_COUNTERS = frozenset(
         "mirror_failed",
         "mirror_dropped",
         "mirror_restarts",
+        "recovery_requests",
+        "recovery_ticks_served",
+        "recovery_requests_rejected",
     )
 )
 SERVER_GAUGES = frozenset(
@@ -50,6 +53,8 @@ SERVER_GAUGES = frozenset(
         "feedsvc_mirror_lag_seconds",
         "feedsvc_mirror_connected",
         "feedsvc_mirror_retained_bytes",
+        "feedsvc_recovery_window_bytes",
+        "feedsvc_recovery_window_age_seconds",
     }
 )
 SERVER_HISTOGRAMS = frozenset({"feedsvc_sync_handshake_seconds", "feedsvc_publish_latency_seconds"})
