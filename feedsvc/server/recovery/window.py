@@ -76,7 +76,7 @@ class RecoveryWindow:
         recovery.window_s and recovery.max_bytes: whichever is reached first.
     published_bytes:
         The publisher's count of frame bytes sent (held bytes = that less the bytes trimmed:
-        nothing is counted per tick here).
+        nothing is counted per tick here). The window is made before the publisher sends.
     clock:
         Monotonic seconds.
     """
@@ -91,7 +91,6 @@ class RecoveryWindow:
         self.window_s = window_s
         self.max_bytes = max_bytes
         self._published_bytes = published_bytes
-        self._published_at_start = published_bytes()
         self._clock = clock
         self._by_symbol: dict[str, SymbolFrames] = {}
         # Symbols in the order they are marked (round robin over passes).
@@ -113,7 +112,7 @@ class RecoveryWindow:
 
     @property
     def held_bytes(self) -> int:
-        return self._published_bytes() - self._published_at_start - self.trimmed_bytes
+        return self._published_bytes() - self.trimmed_bytes
 
     @property
     def symbol_count(self) -> int:
