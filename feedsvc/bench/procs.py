@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import orjson
 
+from feedsvc.server.mirror.process import MIRROR_PROCESS_NAME
+
 STOP_TIMEOUT_S: Final = 15.0
 # `feedsvc serve` logs this once its sockets are bound: the moment a benchmark may connect.
 SERVING_LINE: Final = "serving epoch="
@@ -256,14 +258,15 @@ def child_pids(pid: int) -> list[int]:
 
 
 def mirror_process_pid(serve_pid: int) -> int | None:
-    """The mirror process: the serve process's multiprocessing 'spawn' child (not the resource
-    tracker, its other child)."""
+    """The mirror process: the serve process's multiprocessing 'spawn' child that named itself
+    feedsvc-mirror (not the resource tracker, nor the recovery reader)."""
     for child in child_pids(serve_pid):
         try:
             command_line = Path(f"/proc/{child}/cmdline").read_bytes()
+            name = Path(f"/proc/{child}/comm").read_text().strip()
         except OSError:
             continue
-        if b"spawn_main" in command_line:
+        if b"spawn_main" in command_line and name == MIRROR_PROCESS_NAME:
             return child
     return None
 

@@ -20,6 +20,8 @@ MAX_REQUEST_BYTES: Final = 1_024
 
 # Where the ticks of a reply came from.
 SOURCE_MEMORY: Final = "memory"
+# The Kafka mirror (read_committed), for ranges older than the window and earlier epochs.
+SOURCE_KAFKA: Final = "kafka"
 
 ERROR_NOT_JSON: Final = "not_json"
 ERROR_BAD_REQUEST: Final = "bad_request"

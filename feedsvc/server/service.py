@@ -38,7 +38,8 @@ from feedsvc.server.observe.health import health_document, unhealthy_reason
 from feedsvc.server.observe.metrics import MetricsServer
 from feedsvc.server.pacing import BurstSchedule, RatePacer
 from feedsvc.server.publisher import Publisher
-from feedsvc.server.recovery.handler import RecoveryHandler
+from feedsvc.server.recovery.handler import RecoveryHandler, RecoveryReply
+from feedsvc.server.recovery.reader import ArchiveReader
 from feedsvc.server.recovery.window import RecoveryWindow
 from feedsvc.server.sockets import (
     HANDSHAKE_TIMEOUT_MS,
@@ -154,6 +155,7 @@ class Service:
         self._recovery_in_flight = RepliesInFlight(config.recovery.max_inflight_bytes)
         self.sync: SyncHandler | None = None
         self.recovery: RecoveryHandler | None = None
+        self.archive: ArchiveReader | None = None
         self.decoder = IngestDecoder(config.ingest.max_message_bytes)
         self.publisher: Publisher | None = None
         self.mirror: MirrorHandoff | None = None
@@ -238,8 +240,16 @@ class Service:
         )
         publisher = self.publisher
         if window is not None:
+            if config.kafka.enabled:
+                self.archive = ArchiveReader(self._context, config.kafka, config.log)
+                self.archive.start()
+            archive = self.archive
             self.recovery = RecoveryHandler(
-                window, self.epoch, config.recovery, self._recovery_in_flight.room
+                window,
+                self.epoch,
+                config.recovery,
+                self._recovery_in_flight.room,
+                archive_available=(lambda: archive.available) if archive is not None else None,
             )
         self.sync = SyncHandler(
             publisher.last_values,
@@ -387,7 +397,8 @@ class Service:
         feed = SyntheticFeed(synthetic.symbols, synthetic.seed) if synthetic.enabled else None
         pacer: RatePacer | None = None
         poller = zmq.Poller()
-        for socket in (self._pub, self._rep, self._router, *self._monitors):
+        archive_replies = self.archive.replies if self.archive is not None else None
+        for socket in (self._pub, self._rep, self._router, archive_replies, *self._monitors):
             if socket is not None:
                 poller.register(socket, zmq.POLLIN)
         # With --wait-subscribers, ticks (synthetic and ingest) wait until that many clients
@@ -473,6 +484,8 @@ class Service:
                 self._serve_sync_requests()
             if self._router is not None and self._router in ready:
                 self._serve_recovery_requests()
+            if self.archive is not None and self.archive.replies in ready:
+                self._answer_from_archive()
             if window is not None and now >= window.trim_due_at:
                 window.trim(now)
             if self._reload_keys_requested:
@@ -482,6 +495,8 @@ class Service:
             if housekeeping:
                 self._sync_in_flight.forget_sent()
                 self._recovery_in_flight.forget_sent()
+                if self.archive is not None:
+                    self._answer_from_archive(expired_only=True)
                 peers.trim_heap_after_disconnects(now)
                 peers.count_fds()
                 if (
@@ -577,15 +592,38 @@ class Service:
             if len(route) > 2 or (len(route) == 2 and route[1]):
                 route, request = message[:1], b""
             reply = answer_recovery_request(route[0], request, recovery, guard)
-            if reply.body is None:
-                router.send_multipart([*route, reply.header])
-            else:
-                router.send_multipart([*route, reply.header], zmq.SNDMORE)
-                tracker = router.send(reply.body, copy=False, track=True)
-                self._recovery_in_flight.add(tracker, len(reply.body))
+            if reply.forward is not None:
+                # Not in memory: the recovery reader asks Kafka, the loop sends its answer.
+                note = (route[0], reply.forward, reply.fallback)
+                if self.archive is not None and self.archive.submit(
+                    route, reply.forward, note, time.monotonic()
+                ):
+                    continue
+                reply = recovery.archive_answer(route[0], reply.forward, [], reply.fallback)
+            self._send_recovery_reply(route, reply)
             budget_bytes -= len(request) + len(reply.body or b"")
             if perf_counter() > deadline or budget_bytes <= 0:
                 return
+
+    def _send_recovery_reply(self, route: list[bytes], reply: RecoveryReply) -> None:
+        router = self._router
+        if reply.body is None:
+            router.send_multipart([*route, reply.header])
+            return
+        router.send_multipart([*route, reply.header], zmq.SNDMORE)
+        tracker = router.send(reply.body, copy=False, track=True)
+        self._recovery_in_flight.add(tracker, len(reply.body))
+
+    def _answer_from_archive(self, expired_only: bool = False) -> None:
+        """Send the recovery reader's answers (and, for requests it did not answer in time,
+        their errors from memory) to the clients."""
+        archive, recovery = self.archive, self.recovery
+        answers = [] if expired_only else list(archive.take_replies())
+        answers += [(route, note, []) for route, note in archive.expire(time.monotonic())]
+        for route, (client, request, fallback), parts in answers:
+            self._send_recovery_reply(
+                route, recovery.archive_answer(client, request, parts, fallback)
+            )
 
     def _send_sync_reply(self, reply: bytes) -> None:
         # libzmq holds a reply until it is written to the peer's connection (or the peer is
@@ -752,6 +790,9 @@ class Service:
         if self._router is not None:
             self._router.close(linger=0)
             self._router = None
+        if self.archive is not None:
+            self.archive.close()
+            self.archive = None
         if self._pull is not None:
             self._pull.close(linger=0)
             self._pull = None

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -19,7 +20,7 @@ import zmq
 
 from feedsvc.bench.procs import ServeProcess
 from feedsvc.client import Gap, Subscriber
-from tests.conftest import serve_settings, subscribed_probe
+from tests.conftest import KafkaBroker, serve_settings, subscribed_probe
 
 RATE: Final = 20_000
 SYMBOLS: Final = 10
@@ -278,3 +279,74 @@ def test_floods_oversized_ranges_and_garbage_get_errors_while_a_fast_subscriber_
     summary = process.summary()
     assert summary["internal_errors"]["recovery"] == 0
     assert summary["recovery"]["rejected_by_reason"]["not_json"] == codes["not_json"]
+
+
+def test_ranges_older_than_the_window_come_from_kafka_byte_for_byte(
+    serve: Callable[..., ServeProcess],
+    tmp_path: Path,
+    kafka_broker: KafkaBroker,
+    context: zmq.Context,
+) -> None:
+    topic = f"recovery-{uuid.uuid4().hex[:8]}"
+    pub, recovery = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/recovery"
+    process = serve(
+        *serve_settings(
+            [pub],
+            f"recovery.endpoint={recovery}",
+            "recovery.window_s=0.2",
+            "synthetic.rate=2000",
+            "synthetic.symbols=5",
+            "kafka.enabled=true",
+            f"kafka.bootstrap={kafka_broker.bootstrap}",
+            f"kafka.topic={topic}",
+            "kafka.partitions=3",
+        )
+    )
+    process.wait_until_serving()
+    reference = subscribed_probe(context, pub, process, b"SYN0001 ")
+    frames = [reference.recv()]
+    while len(frames) < 300:
+        assert reference.poll(10_000)
+        frames.append(reference.recv())
+    ticks = [orjson.loads(frame.split(b" ", 1)[1]) for frame in frames]
+    # Past the window (0.2 s, marked each second) and committed by the mirror (200 ms).
+    time.sleep(2.5)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(recovery)
+    old = {"op": "recover", "symbol": "SYN0001", "epoch": ticks[0]["epoch"]}
+    dealer.send(
+        orjson.dumps({**old, "id": "old", "first": ticks[5]["seq"], "last": ticks[205]["seq"]})
+    )
+    assert dealer.poll(20_000), "no reply from the service"
+    parts = dealer.recv_multipart()
+    header = orjson.loads(parts[0])
+    assert header["ok"] is True, header
+    assert header["source"] == "kafka" and header["count"] == 201
+    assert parts[1].split(b"\n") == frames[5:206]
+    # The epoch of an earlier run is not in Kafka: the miss is reported from there too.
+    dealer.send(orjson.dumps({**old, "id": "gone", "epoch": 1, "first": 1, "last": 5}))
+    assert dealer.poll(20_000)
+    header = orjson.loads(dealer.recv_multipart()[0])
+    assert header["ok"] is False and header["error"] == "not_in_window", header
+    assert header["source"] == "kafka"
+
+
+def test_without_the_mirror_ranges_older_than_the_window_are_not_in_window(
+    serve: Callable[..., ServeProcess], tmp_path: Path, context: zmq.Context
+) -> None:
+    _process, pub, recovery = recovery_service(serve, tmp_path, "recovery.window_s=0.2")
+    subscriber = Subscriber(pub, symbols=["SYN0001"])
+    try:
+        tick = subscriber.recv(timeout=WAIT_S)
+        assert tick is not None
+        time.sleep(2.5)
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(recovery)
+        request = {"op": "recover", "id": "old", "symbol": "SYN0001", "epoch": tick["epoch"]}
+        dealer.send(orjson.dumps({**request, "first": tick["seq"], "last": tick["seq"] + 10}))
+        assert dealer.poll(10_000)
+        header = orjson.loads(dealer.recv_multipart()[0])
+    finally:
+        subscriber.close()
+    assert header["ok"] is False and header["error"] == "not_in_window"
+    assert header["oldest"] > tick["seq"] + 10

@@ -31,15 +31,27 @@ CALLBACK_POLL_INTERVAL_S: Final = 0.1
 # Exit codes the service tells apart in its log.
 EXIT_ABORTED: Final = 3
 _PR_SET_PDEATHSIG: Final = 1
+_PR_SET_NAME: Final = 15
+# /proc/<pid>/comm of the mirror process: tools tell it from serve's other spawned children.
+MIRROR_PROCESS_NAME: Final = "feedsvc-mirror"
 
 
-def _ask_for_signal_at_parent_death(signum: int) -> None:
-    """Linux's PR_SET_PDEATHSIG: the kernel sends `signum` when the parent dies."""
+def _prctl(option: int, argument: int | bytes) -> None:
     name = ctypes.util.find_library("c")
     if name is None:
         return
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        ctypes.CDLL(name, use_errno=True).prctl(option, argument, 0, 0, 0)
+
+
+def ask_for_signal_at_parent_death(signum: int) -> None:
+    """Linux's PR_SET_PDEATHSIG: the kernel sends `signum` when the parent dies."""
+    _prctl(_PR_SET_PDEATHSIG, signum)
+
+
+def name_this_process(name: str) -> None:
+    """Linux's PR_SET_NAME: `name` (15 bytes at most) in /proc/<pid>/comm, ps and top."""
+    _prctl(_PR_SET_NAME, name.encode()[:15])
 
 
 class _MirrorLoop:
@@ -188,7 +200,8 @@ def run_mirror_process(
             loop.parent_gone = True
 
     signal.signal(signal.SIGUSR1, parent_died)
-    _ask_for_signal_at_parent_death(signal.SIGUSR1)
+    ask_for_signal_at_parent_death(signal.SIGUSR1)
+    name_this_process(MIRROR_PROCESS_NAME)
     # Before librdkafka starts its threads, so they inherit it (kafka.mirror_nice: the trade-off).
     os.nice(config.mirror_nice)
     context = zmq.Context()

@@ -29,6 +29,7 @@ from feedsvc.protocol.recovery import (
     MAX_REQUEST_BYTES,
     OP_RECOVER,
     REQUEST_ID_PATTERN,
+    SOURCE_KAFKA,
     SOURCE_MEMORY,
 )
 from feedsvc.protocol.ticks import symbol_problem
@@ -41,12 +42,23 @@ from feedsvc.server.sync import describe_value
 TICK_SEPARATOR: Final = b"\n"
 
 
+class Fallback(NamedTuple):
+    """The error a forwarded request gets if Kafka cannot answer."""
+
+    code: str
+    detail: str
+    fields: dict[str, Any]
+
+
 class RecoveryReply(NamedTuple):
     """The header frame and the body (the ticks' frames joined by TICK_SEPARATOR; None for an
-    error)."""
+    error). With `forward` the request goes to the recovery reader (Kafka) instead, and
+    `fallback` is its answer if Kafka cannot give one."""
 
     header: bytes
     body: bytes | None
+    forward: dict[str, Any] | None = None
+    fallback: Fallback | None = None
 
 
 class _Refused(Exception):
@@ -77,6 +89,8 @@ class RecoveryHandler:
         This run's epoch (a request for another one gets ``unknown_epoch``).
     config:
         The recovery section: per-request and per-client limits.
+    archive_available:
+        Whether the recovery reader (Kafka) takes a request now; None: no Kafka mirror.
     inflight_room:
         Bytes of replies that may still be queued now (recovery.max_inflight_bytes less the
         replies not yet written out); a reply that does not fit gets ``busy``.
@@ -91,11 +105,14 @@ class RecoveryHandler:
         config: RecoveryConfig,
         inflight_room: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        archive_available: Callable[[], bool] | None = None,
     ) -> None:
         self.window = window
         self.epoch = epoch
         self.config = config
         self._inflight_room = inflight_room
+        self._archive_available = archive_available
+        self.forwarded = 0
         self._clock = clock
         self.limits = ClientLimits(
             config.client_requests_per_s,
@@ -107,7 +124,7 @@ class RecoveryHandler:
         self.requests = 0
         self.served_ticks = 0
         self.served_bytes = 0
-        self.served_by_source: dict[str, int] = {SOURCE_MEMORY: 0}
+        self.served_by_source: dict[str, int] = {SOURCE_MEMORY: 0, SOURCE_KAFKA: 0}
         self.rejected_by_reason: dict[str, int] = dict.fromkeys(ERRORS, 0)
 
     def handle(self, client: bytes, request: bytes) -> RecoveryReply:
@@ -157,12 +174,6 @@ class RecoveryHandler:
         first, last = _seq(fields, "first"), _seq(fields, "last")
         if last < first:
             raise _Refused(ERROR_BAD_REQUEST, f"last ({last}) must be >= first ({first})")
-        if epoch != self.epoch:
-            raise _Refused(
-                ERROR_UNKNOWN_EPOCH,
-                f"this publisher's epoch is {self.epoch}; ticks of other epochs are not held",
-                epoch=self.epoch,
-            )
         max_ticks = self.config.max_ticks_per_request
         if last - first + 1 > max_ticks:
             raise _Refused(
@@ -179,6 +190,13 @@ class RecoveryHandler:
                 "over this client's or the service's recovery rate; retry after retry_after_ms",
                 retry_after_ms=max(1, round(wait_s * 1000)),
             )
+        if epoch != self.epoch:
+            return self._miss(
+                fields,
+                ERROR_UNKNOWN_EPOCH,
+                f"this publisher's epoch is {self.epoch}; ticks of other epochs are not held",
+                epoch=self.epoch,
+            )
         lookup = self.window.lookup(symbol, first, last)
         if lookup.latest is not None and last > lookup.latest:
             raise _Refused(
@@ -188,7 +206,8 @@ class RecoveryHandler:
                 latest=lookup.latest,
             )
         if lookup.frames is None:
-            raise _Refused(
+            return self._miss(
+                fields,
                 ERROR_NOT_IN_WINDOW,
                 "not every tick of the range is held any more (recovery.window_s, "
                 "recovery.max_bytes); oldest is the oldest seq held (null: none)",
@@ -218,6 +237,41 @@ class RecoveryHandler:
             "source": SOURCE_MEMORY,
         }
         return RecoveryReply(orjson.dumps(header), body)
+
+    def _miss(self, fields: dict[str, Any], code: str, detail: str, **extra: Any) -> RecoveryReply:
+        """Not in memory: to the recovery reader (Kafka) when it takes requests, else the
+        error."""
+        if self._archive_available is None or not self._archive_available():
+            raise _Refused(code, detail, **extra)
+        self.forwarded += 1
+        request = {name: fields[name] for name in ("id", "symbol", "epoch", "first", "last")}
+        return RecoveryReply(b"", None, request, Fallback(code, detail, extra))
+
+    def archive_answer(
+        self, client: bytes, request: dict[str, Any], parts: list[bytes], fallback: Fallback
+    ) -> RecoveryReply:
+        """The reply to a forwarded request, from the reader's answer `parts` ([] or a bad
+        answer: the fallback error)."""
+        try:
+            header = orjson.loads(parts[0]) if parts else None
+        except orjson.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict):
+            return self.error_reply(
+                fallback.code, fallback.detail, request["id"], **fallback.fields
+            )
+        if header.get("ok") is True and len(parts) == 2:
+            count = header.get("count", 0)
+            self.served_ticks += count
+            self.served_bytes += len(parts[1])
+            self.served_by_source[SOURCE_KAFKA] += count
+            self.limits.spend_bytes(client, len(parts[1]), self._clock())
+            return RecoveryReply(parts[0], parts[1])
+        code = header.get("error")
+        self.rejected_by_reason[
+            code if code in self.rejected_by_reason else ERROR_NOT_IN_WINDOW
+        ] += 1
+        return RecoveryReply(parts[0], None)
 
     def _fit(self, frames: list[bytes]) -> tuple[list[bytes], bytes]:
         """The frames that fit recovery.max_reply_bytes (at least one), and their body; the
