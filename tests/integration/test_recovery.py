@@ -4,6 +4,7 @@ docs/recovery-protocol.md."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import subprocess
@@ -19,16 +20,24 @@ import pytest
 import zmq
 
 from feedsvc.bench.procs import ServeProcess
-from feedsvc.client import Gap, Subscriber
-from tests.conftest import KafkaBroker, serve_settings, subscribed_probe
+from feedsvc.client import AsyncSubscriber, Gap, Subscriber
+from tests.conftest import (
+    KafkaBroker,
+    serve_settings,
+    subscribed_probe,
+    wait_for_first_message,
+)
 
 RATE: Final = 20_000
 SYMBOLS: Final = 10
-# The slow consumer reads this many ticks, then pauses: ~4,000 ticks are published meanwhile,
-# far beyond its queues (publisher.sndhwm, its rcvhwm and the kernel's buffers).
+# The slow consumer reads this many ticks, then pauses: ~12,000 ticks are published meanwhile,
+# beyond its queues (REFERENCE_SNDHWM, its rcvhwm 100 and the kernel's buffers).
 BURST_TICKS: Final = 2_000
-PAUSE_S: Final = 0.2
-BURSTS: Final = 8
+PAUSE_S: Final = 0.6
+BURSTS: Final = 6
+# The publisher's queue per subscriber where a reference subscriber must lose nothing: its
+# I/O thread may be starved 250 ms on two busy cores.
+REFERENCE_SNDHWM: Final = 5_000
 WAIT_S: Final = 20.0
 CLI_TICKS: Final = 20_000
 # About 6,000 ticks a second read from the CLI's stdout, against 20,000 published.
@@ -60,11 +69,35 @@ def context() -> Iterator[zmq.Context]:
     context.destroy(linger=0)
 
 
-def reference_subscriber(context: zmq.Context, pub: str, process: ServeProcess) -> zmq.Socket:
-    """A raw SUB with unbounded queues that keeps every frame (read at the end)."""
-    probe = subscribed_probe(context, pub, process, b"SYN")
-    probe.setsockopt(zmq.RCVHWM, 0)
-    return probe
+def reference_subscriber(
+    context: zmq.Context, pub: str, process: ServeProcess
+) -> tuple[zmq.Socket, bytes]:
+    """A raw SUB with unbounded queues that keeps every frame (read at the end), returned once
+    its subscription is live, with the first frame it got."""
+    probe = context.socket(zmq.SUB)
+    probe.setsockopt(zmq.LINGER, 0)
+    probe.setsockopt(zmq.RCVHWM, 0)  # before connect: it applies to the connection's pipe
+    probe.setsockopt(zmq.SUBSCRIBE, b"SYN")
+    probe.connect(pub)
+    return probe, wait_for_first_message(probe, process)
+
+
+async def read_slowly_async(subscriber: AsyncSubscriber) -> list[dict[str, Any]]:
+    """read_slowly with the asyncio subscriber."""
+    ticks: list[dict[str, Any]] = []
+    for _ in range(BURSTS):
+        for _ in range(BURST_TICKS):
+            tick = await subscriber.recv(timeout=WAIT_S)
+            assert tick is not None, "no tick within the wait"
+            ticks.append(tick)
+        time.sleep(PAUSE_S)  # blocks the loop on purpose: the subscriber falls behind
+    deadline = time.monotonic() + WAIT_S
+    while subscriber.recovering and time.monotonic() < deadline:
+        tick = await subscriber.recv(timeout=0.5)
+        if tick is not None:
+            ticks.append(tick)
+    assert not subscriber.recovering, "recovery still under way after the wait"
+    return ticks
 
 
 def read_slowly(subscriber: Subscriber) -> list[dict[str, Any]]:
@@ -86,17 +119,21 @@ def read_slowly(subscriber: Subscriber) -> list[dict[str, Any]]:
 
 
 def frames_by_key(
-    probe: zmq.Socket, last_seq_by_symbol: dict[str, int]
+    reference: tuple[zmq.Socket, bytes], last_seq_by_symbol: dict[str, int]
 ) -> dict[tuple[str, int], bytes]:
     """The reference's frames by (symbol, seq), read until it has every symbol's given seq
     (the feed goes on meanwhile)."""
+    probe, first_frame = reference
     frames: dict[tuple[str, int], bytes] = {}
     missing = dict(last_seq_by_symbol)
     deadline = time.monotonic() + WAIT_S
+    pending = [first_frame]
     while missing and time.monotonic() < deadline:
-        if not probe.poll(100):
+        if not pending and probe.poll(100):
+            pending.append(probe.recv())
+        if not pending:
             continue
-        frame = probe.recv()
+        frame = pending.pop()
         tick = orjson.loads(frame.split(b" ", 1)[1])
         frames[tick["sym"], tick["seq"]] = frame
         if missing.get(tick["sym"], 0) <= tick["seq"]:
@@ -104,25 +141,42 @@ def frames_by_key(
     return frames
 
 
+@pytest.mark.parametrize("kind", ["blocking", "synced", "asyncio"])
 def test_a_slow_subscriber_with_recovery_gets_every_tick_in_order_as_broadcast(
-    serve: Callable[..., ServeProcess], tmp_path: Path, context: zmq.Context
+    serve: Callable[..., ServeProcess], tmp_path: Path, context: zmq.Context, kind: str
 ) -> None:
-    process, pub, recovery = recovery_service(serve, tmp_path)
+    sync = f"ipc://{tmp_path}/sync"
+    process, pub, recovery = recovery_service(
+        serve, tmp_path, f"sync.endpoint={sync}", f"publisher.sndhwm={REFERENCE_SNDHWM}"
+    )
     reference = reference_subscriber(context, pub, process)
     gaps: list[Gap] = []
-    subscriber = Subscriber(
-        pub,
-        prefixes=["SYN"],
-        rcvhwm=100,
-        rcvbuf=16_384,
-        recovery_endpoint=recovery,
-        on_gap=gaps.append,
-    )
-    try:
-        ticks = read_slowly(subscriber)
-        stats = subscriber.stats
-    finally:
-        subscriber.close()
+    settings: dict[str, Any] = {
+        "prefixes": ["SYN"],
+        "rcvhwm": 100,
+        "rcvbuf": 16_384,
+        "recovery_endpoint": recovery,
+        "on_gap": gaps.append,
+    }
+    if kind == "synced":
+        # The snapshot is the baseline; recovery fills what follows.
+        settings["sync_endpoint"] = sync
+    if kind == "asyncio":
+        async_subscriber = AsyncSubscriber(pub, **settings)
+        try:
+            ticks = asyncio.run(read_slowly_async(async_subscriber))
+            stats = async_subscriber.stats
+        finally:
+            async_subscriber.close()
+    else:
+        subscriber = Subscriber(pub, **settings)
+        try:
+            ticks = read_slowly(subscriber)
+            stats = subscriber.stats
+        finally:
+            subscriber.close()
+    if kind == "synced":
+        assert stats.syncs == 1 and stats.snapshot_ticks == SYMBOLS
     assert stats.recovered > 1_000, f"the test did not make the subscriber drop: {stats}"
     broadcast = frames_by_key(reference, {tick["sym"]: tick["seq"] for tick in ticks})
     assert gaps == [] and stats.gaps == 0 and stats.unrecoverable_gaps == 0
