@@ -414,6 +414,12 @@ def test_context_manager_closes_its_own_context(publisher: FakePublisher) -> Non
         ({"symbols": ["AA PL"]}, "symbol 'AA PL'"),
         ({"symbols": ["_hb"]}, "reserved"),
         ({"heartbeat_timeout_s": 0}, "heartbeat_timeout_s"),
+        (
+            {"conflate": True, "recovery_endpoint": "ipc:///tmp/feedsvc/recovery"},
+            "conflate and recovery_endpoint exclude each other",
+        ),
+        ({"recovery_endpoint": "ipc:///tmp/r", "recovery_attempts": 0}, "recovery_attempts"),
+        ({"recovery_endpoint": "nonsense"}, "cannot connect to recovery endpoint"),
     ],
 )
 def test_wrong_arguments_say_what_is_wrong(
