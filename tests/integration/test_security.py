@@ -61,6 +61,7 @@ class CurveService:
     ingest: str
     sync: str
     metrics_port: int
+    recovery: str
 
     def client_keys(self, name: str, server: str = "server") -> CurveClientKeys:
         return CurveClientKeys.from_files(
@@ -89,13 +90,13 @@ def curve_service(
     authorized.mkdir()
     shutil.copy(keys / "alice.key", authorized)
     ipc = f"ipc://{ipc_dir}/ticks"
-    publisher, ingest, sync = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3))
+    publisher, ingest, sync, recovery = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(4))
     metrics_port = free_tcp_port()
     process = serve(
         f"publisher.endpoints=[{ipc}, {publisher}]",
         f"ingest.endpoint={ingest}",
         f"sync.endpoint={sync}",
-        "recovery.endpoint=",
+        f"recovery.endpoint={recovery}",
         f"metrics.port={metrics_port}",
         "kafka.enabled=false",
         "publisher.heartbeat_interval_s=0.1",
@@ -107,7 +108,9 @@ def curve_service(
     )
     # ipc stays plain: a SUB without keys is served there (and tells us the service is up).
     subscribed_probe(zmq_context, ipc, process, b"_hb").close()
-    return CurveService(process, keys, authorized, ipc, publisher, ingest, sync, metrics_port)
+    return CurveService(
+        process, keys, authorized, ipc, publisher, ingest, sync, metrics_port, recovery
+    )
 
 
 def _sub(context: zmq.Context, endpoint: str, keys: CurveClientKeys | None) -> zmq.Socket:
@@ -172,6 +175,30 @@ def test_unlisted_keys_and_plain_clients_receive_nothing_and_are_counted(
     assert curve_service.rejected("publisher", *NOT_CURVE_TO_THIS_SERVER) >= 2
     assert curve_service.rejected("sync", "auth") >= 1
     assert curve_service.rejected("ingest", "auth") == 0
+
+
+def test_recovery_over_tcp_answers_listed_keys_only(
+    curve_service: CurveService, zmq_context: zmq.Context
+) -> None:
+    """The recovery socket is behind Curve like the others: a listed key gets its ticks back,
+    an unlisted one nothing, counted."""
+    with Subscriber(curve_service.ipc, symbols=["SYN0001"]) as subscriber:
+        tick = subscriber.recv(timeout=10.0)
+    assert tick is not None
+    request = {"op": "recover", "symbol": "SYN0001", "epoch": tick["epoch"]}
+    request |= {"first": tick["seq"], "last": tick["seq"], "id": "r1"}
+    replies = {}
+    for name in ("alice", "mallory"):
+        dealer = zmq_context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        curve_connect(dealer, curve_service.recovery, curve_service.client_keys(name))
+        dealer.send(orjson.dumps(request))
+        replies[name] = dealer.recv_multipart() if dealer.poll(3_000) else None
+    assert replies["alice"] is not None, "the listed key got no reply"
+    assert orjson.loads(replies["alice"][0])["ok"] is True
+    assert orjson.loads(replies["alice"][1].split(b" ", 1)[1])["seq"] == tick["seq"]
+    assert replies["mallory"] is None, "an unlisted key got a recovery reply"
+    assert curve_service.rejected("recovery", "auth") >= 1
 
 
 def test_ticks_pushed_by_an_unauthorized_feed_never_reach_subscribers(
