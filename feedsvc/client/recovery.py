@@ -159,6 +159,10 @@ class GapFiller:
             request.attempts += 1
             request.sent = True
             request.send_at = now + self.timeout_s
+            # A new id for every send: a late reply to an earlier one is told apart (ignored).
+            self._by_request.pop(request.request_id, None)
+            request.request_id = self._new_request_id(state.symbol)
+            self._by_request[request.request_id] = state
             self.stats.requests += 1
             yield orjson.dumps(
                 {
@@ -258,10 +262,13 @@ class GapFiller:
             return
         first = state.missing[0][0]
         last = min(state.missing[-1][1], first + self.max_ticks_per_request - 1)
-        request = _Request(f"{state.symbol[:40]}.{next(self._request_ids)}", first, last)
+        request = _Request(self._new_request_id(state.symbol), first, last)
         request.send_at = self._clock()
         state.request = request
         self._by_request[request.request_id] = state
+
+    def _new_request_id(self, symbol: str) -> str:
+        return f"{symbol[:40]}.{next(self._request_ids)}"
 
     def _remove_missing(self, state: _SymbolRecovery, first: int, last: int) -> None:
         kept: list[list[int]] = []

@@ -125,7 +125,7 @@ def test_frames_are_kept_window_s_and_dropped_about_a_mark_interval_later() -> N
     assert rig.window.oldest_mark_age_s(rig.now) <= WINDOW_S
     # Later ones go too, once they are as old.
     rig.run_until(START + 2 * MARK_INTERVAL_S + WINDOW_S + MARK_INTERVAL_S + 0.1)
-    assert rig.window.lookup("AAPL", 6, 6) == (None, None, None)
+    assert rig.window.lookup("AAPL", 6, 6) == (None, None, 10)
     assert rig.window.held_bytes == 0
 
 
@@ -227,8 +227,8 @@ def test_many_symbols_are_marked_in_chunks() -> None:
     # Past window_s after the first pass but not the second: only the first chunk is trimmed.
     rig.trim(first_pass + WINDOW_S + TRIM_AGAIN_S / 2)
     assert rig.window.trimmed_frames == MARK_SYMBOLS_PER_PASS
-    assert rig.window.lookup(symbols[0], 1, 1) == (None, None, None)
-    assert rig.window.lookup(symbols[MARK_SYMBOLS_PER_PASS - 1], 1, 1) == (None, None, None)
+    assert rig.window.lookup(symbols[0], 1, 1) == (None, None, 1)
+    assert rig.window.lookup(symbols[MARK_SYMBOLS_PER_PASS - 1], 1, 1) == (None, None, 1)
     held = rig.window.lookup(symbols[MARK_SYMBOLS_PER_PASS], 1, 1).frames
     assert held == _frames_of(rig.sent, symbols[MARK_SYMBOLS_PER_PASS])
     # The later chunks expire on the next passes: every symbol's frame goes eventually.

@@ -10,8 +10,9 @@ MAX_TRACKED_CLIENTS: Final = 10_000
 
 
 class TokenBucket:
-    """`rate` per second, up to `burst` saved. A cost is allowed while the bucket is not in
-    debt, and may take it into debt (a reply larger than the burst still goes, once)."""
+    """`rate` per second, up to `burst` saved. A cost is allowed while the bucket holds what
+    the caller needs (for bytes: while not in debt, so a reply larger than the burst still goes,
+    once)."""
 
     __slots__ = ("_at", "_tokens", "burst", "rate")
 
@@ -26,10 +27,10 @@ class TokenBucket:
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
             self._at = now
 
-    def wait_s(self, now: float) -> float:
-        """0 if a cost may be taken now, else the seconds until it may."""
+    def wait_s(self, now: float, need: float = 0.0) -> float:
+        """0 if the bucket holds `need` now (0: is not in debt), else the seconds until it does."""
         self._refill(now)
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+        return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate
 
     def take(self, cost: float, now: float) -> None:
         self._refill(now)
@@ -70,7 +71,9 @@ class ClientLimits:
     def wait_s(self, client: bytes, now: float) -> float:
         """0 if `client` may be answered now (one request taken), else seconds to wait."""
         requests, sent_bytes = self._buckets(client, now)
-        wait = max(requests.wait_s(now), sent_bytes.wait_s(now), self.total.wait_s(now))
+        # A request needs a whole token (a burst is at most requests_per_s); bytes may go
+        # into debt once.
+        wait = max(requests.wait_s(now, 1.0), sent_bytes.wait_s(now), self.total.wait_s(now))
         if wait == 0.0:
             requests.take(1, now)
         return wait

@@ -60,7 +60,8 @@ class _Mark(NamedTuple):
 
 class Lookup(NamedTuple):
     """What the window holds of a requested range: the frames (None when part of the range is
-    not held) and the symbol's oldest and latest seq held (None, None: nothing held)."""
+    not held), the symbol's oldest seq held (None: none) and its latest seq published (None:
+    never)."""
 
     frames: list[bytes] | None
     oldest: int | None
@@ -129,9 +130,12 @@ class RecoveryWindow:
     def lookup(self, symbol: str, first: int, last: int) -> Lookup:
         """The frames of seqs first..last of `symbol` (first <= last), if all are held."""
         entry = self._by_symbol.get(symbol)
-        if entry is None or not entry.frames:
+        if entry is None:
             return Lookup(None, None, None)
-        oldest, latest = entry.first_seq, entry.last_seq
+        latest = entry.last_seq if entry.last_seq > 0 else None
+        if not entry.frames:
+            return Lookup(None, None, latest)  # every frame of it trimmed
+        oldest = entry.first_seq
         if first < oldest or last > latest:
             return Lookup(None, oldest, latest)
         start = first - oldest
