@@ -77,8 +77,10 @@ MIRROR_STATS_INTERVAL_S: Final = 0.5
 HOUSEKEEPING_INTERVAL_S: Final = 1.0
 FD_WARNING_SHARE: Final = 0.8
 FD_WARNING_INTERVAL_S: Final = 10.0
-RECOVERY_SECONDS_PER_PASS: Final = 0.001
-RECOVERY_BYTES_PER_PASS: Final = 8 * 1024 * 1024
+# A reply of recovery.max_reply_bytes (128 KiB) takes about 0.1-0.2 ms of the loop: a pass
+# serves one or two, so no tick waits behind recovery longer than that.
+RECOVERY_SECONDS_PER_PASS: Final = 0.0002
+RECOVERY_BYTES_PER_PASS: Final = 1024 * 1024
 RECOVERY_REQUESTS_PER_PASS: Final = 100
 
 

@@ -197,7 +197,7 @@ class RecoveryHandler:
                 f"this publisher's epoch is {self.epoch}; ticks of other epochs are not held",
                 epoch=self.epoch,
             )
-        lookup = self.window.lookup(symbol, first, last)
+        lookup = self.window.lookup(symbol, first, last, self.config.max_reply_bytes)
         if lookup.latest is not None and last > lookup.latest:
             raise _Refused(
                 ERROR_NOT_PUBLISHED,
