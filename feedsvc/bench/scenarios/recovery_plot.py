@@ -48,7 +48,7 @@ def plot(document: dict[str, Any], path: Path, progress: Callable[[str], None]) 
             list(pairs), [reply[percentile] for reply in replies], marker="o", label=percentile
         )
     reply_axis.set_xlabel("run with a recovering client")
-    reply_axis.set_ylabel("request to reply, 10,000 ticks (us)")
+    reply_axis.set_ylabel("request to reply (us), replies of max_reply_bytes")
     reply_axis.set_title(
         f"recovery from the window: {document['recovered_ticks_per_s']:,.0f} ticks/s recovered"
     )
