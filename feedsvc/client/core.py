@@ -342,6 +342,21 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
         plain.setsockopt(zmq.LINGER, 0)
         return owned, plain
 
+    def _open_connected(
+        self, socket_type: int, endpoint: str, what: str, example: str
+    ) -> tuple[zmq.Socket, zmq.Socket]:
+        """`_open_socket`, connected to `endpoint` (Curve on tcp with the subscriber's keys);
+        ValueError names `what` and shows `example` when the endpoint is unusable."""
+        owned, plain = self._open_socket(socket_type)
+        try:
+            curve_connect(plain, endpoint, self._curve)
+        except zmq.ZMQError as error:
+            owned.close(linger=0)
+            raise ValueError(
+                f"cannot connect to {what} {endpoint!r} ({error}); endpoints look like {example}"
+            ) from None
+        return owned, plain
+
     def _read_handshake_failures(self) -> None:
         if self._handshake_monitor is None:
             return

@@ -15,8 +15,6 @@ import zmq
 
 from feedsvc.client.recovery import GapFiller
 from feedsvc.client.sequence import Gap
-from feedsvc.curve import CurveClientKeys
-from feedsvc.curve import connect as curve_connect
 from feedsvc.protocol.ticks import Tick
 
 if TYPE_CHECKING:
@@ -36,25 +34,20 @@ class _RecoveryRunner:
     _recovering: dict[str, Any]
     _recovery_socket: zmq.Socket | None
     _owned_recovery_socket: zmq.Socket | None
-    _curve: CurveClientKeys | None
     _closed: bool
     _backlog: deque[Tick]
     _take_ready: Callable[[], Tick | None]
     _take_backlog: Callable[[], Tick | None]
     _count_gap: Callable[[Gap], None]
-    _open_socket: Callable[[int], tuple[zmq.Socket, zmq.Socket]]
+    _open_connected: Callable[[int, str, str, str], tuple[zmq.Socket, zmq.Socket]]
 
     def _open_recovery_dealer(self, endpoint: str) -> None:
-        owned, plain = self._open_socket(zmq.DEALER)
-        try:
-            curve_connect(plain, endpoint, self._curve)
-        except zmq.ZMQError as error:
-            owned.close(linger=0)
-            raise ValueError(
-                f"cannot connect to recovery endpoint {endpoint!r} ({error}); "
-                "endpoints look like ipc:///tmp/feedsvc/recovery or tcp://host:5559"
-            ) from None
-        self._owned_recovery_socket, self._recovery_socket = owned, plain
+        self._owned_recovery_socket, self._recovery_socket = self._open_connected(
+            zmq.DEALER,
+            endpoint,
+            "recovery endpoint",
+            "ipc:///tmp/feedsvc/recovery or tcp://host:5559",
+        )
 
     @property
     def recovering(self) -> bool:

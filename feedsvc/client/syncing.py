@@ -24,8 +24,6 @@ from feedsvc.client.handshake import (
     SyncSnapshot,
     new_sync_id,
 )
-from feedsvc.curve import CurveClientKeys
-from feedsvc.curve import connect as curve_connect
 from feedsvc.protocol.ticks import CONTROL_PREFIX, Tick
 
 if TYPE_CHECKING:
@@ -62,7 +60,6 @@ class _SyncRunner:
     stats: SubscriberStats
     tracker: SequenceTracker
     _settings: _Settings
-    _curve: CurveClientKeys | None
     _socket: zmq.Socket
     _owned_socket: zmq.Socket
     _closed: bool
@@ -76,6 +73,7 @@ class _SyncRunner:
     _report: Callable[[Gap | Restart | Duplicate], bool]
     _restarted: Callable[..., None]
     _open_socket: Callable[[int], tuple[zmq.Socket, zmq.Socket]]
+    _open_connected: Callable[[int, str, str, str], tuple[zmq.Socket, zmq.Socket]]
 
     def _init_sync(self) -> None:
         """The handshake's state before the first one (due at once with a sync endpoint)."""
@@ -334,16 +332,12 @@ class _SyncRunner:
 
     def _open_sync_req(self) -> None:
         assert self.sync_endpoint is not None
-        owned, plain = self._open_socket(zmq.REQ)
-        try:
-            curve_connect(plain, self.sync_endpoint, self._curve)
-        except zmq.ZMQError as error:
-            owned.close(linger=0)
-            raise ValueError(
-                f"cannot connect to sync endpoint {self.sync_endpoint!r} ({error}); "
-                "endpoints look like ipc:///tmp/feedsvc/sync or tcp://host:5558"
-            ) from None
-        self._sync_req_owned, self._sync_req = owned, plain
+        self._sync_req_owned, self._sync_req = self._open_connected(
+            zmq.REQ,
+            self.sync_endpoint,
+            "sync endpoint",
+            "ipc:///tmp/feedsvc/sync or tcp://host:5558",
+        )
 
     def _close_sync_req(self) -> None:
         if self._sync_req_owned is not None:

@@ -186,10 +186,11 @@ def _role_command(role: str, **values: Any) -> list[str]:
     return command + [f"--{name.replace('_', '-')}={value}" for name, value in values.items()]
 
 
-def run_once(
-    options: argparse.Namespace, folder: Path, index: int, recovering: bool
-) -> dict[str, Any]:
-    """One serve, one fast subscriber and, if `recovering`, one recovering client."""
+def _serve(
+    options: argparse.Namespace, log_path: Path, *extra: str
+) -> tuple[str, str, ServeProcess]:
+    """(publisher endpoint, recovery endpoint, process) of a `feedsvc serve` on tcp with the
+    synthetic feed at --rate, `extra` settings, then --set ones."""
     pub, recovery = f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
     settings = [
         f"publisher.endpoints=[{pub}]",
@@ -197,14 +198,20 @@ def run_once(
         "sync.endpoint=",
         f"recovery.endpoint={recovery}",
         "metrics.port=0",
-        "kafka.enabled=false",
         f"synthetic.rate={options.rate}",
         f"synthetic.symbols={SYMBOLS}",
+        *extra,
         *options.settings,
     ]
-    serve = ServeProcess(
-        [part for setting in settings for part in ("--set", setting)], folder / f"serve-{index}.log"
-    )
+    arguments = [part for setting in settings for part in ("--set", setting)]
+    return pub, recovery, ServeProcess(arguments, log_path)
+
+
+def run_once(
+    options: argparse.Namespace, folder: Path, index: int, recovering: bool
+) -> dict[str, Any]:
+    """One serve, one fast subscriber and, if `recovering`, one recovering client."""
+    pub, recovery, serve = _serve(options, folder / f"serve-{index}.log", "kafka.enabled=false")
     roles: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     try:
         serve.wait_until_serving()
@@ -254,22 +261,13 @@ def kafka_latency(options: argparse.Namespace, folder: Path) -> dict[str, Any]:
     broker = KafkaBroker(folder / "kafka")
     progress(f"Kafka: starting a broker at {broker.bootstrap}")
     broker.start()
-    pub, recovery = f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
-    settings = [
-        f"publisher.endpoints=[{pub}]",
-        "ingest.endpoint=",
-        "sync.endpoint=",
-        f"recovery.endpoint={recovery}",
+    pub, recovery, serve = _serve(
+        options,
+        folder / "serve-kafka.log",
         "recovery.window_s=1",
-        "metrics.port=0",
-        f"synthetic.rate={options.rate}",
-        f"synthetic.symbols={SYMBOLS}",
         "kafka.enabled=true",
         f"kafka.bootstrap={broker.bootstrap}",
         "kafka.topic=bench-recovery",
-    ]
-    serve = ServeProcess(
-        [part for setting in settings for part in ("--set", setting)], folder / "serve-kafka.log"
     )
     context = zmq.Context()
     try:
