@@ -128,7 +128,7 @@ def follow_recovering(options: argparse.Namespace) -> dict[str, Any]:
             while len(sent) < IN_FLIGHT:
                 request_number += 1
                 symbol = f"SYN{request_number % SYMBOLS:04d}"
-                latest = latest_by_symbol.pop(symbol, None)
+                latest = None if options.probe_only else latest_by_symbol.pop(symbol, None)
                 # Without a latest seq, a range far past it: the not_published reply names it.
                 first = PROBE_FIRST_SEQ if latest is None else max(1, latest - MAX_TICKS + 1)
                 last = first + MAX_TICKS - 1 if latest is None else latest
@@ -225,6 +225,8 @@ def run_once(
         for kind in kinds:
             out = folder / f"{kind}-{index}.json"
             command = _role_command(kind, out=out, recovery=recovery, **timing)
+            if options.probe_only:
+                command.append("--probe-only")
             roles.append((kind, subprocess.Popen(command), out))
         for _kind, process, _out in roles:
             process.wait(timeout=end_at - time.monotonic() + FINISH_MARGIN_S)
@@ -447,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kafka", action="store_true", help="also measure recovery from the Kafka mirror"
+    )
+    parser.add_argument(
+        "--probe-only",
+        action="store_true",
+        help="the recovering client only asks past the latest seq (not_published replies, no "
+        "ticks): the cost of requests without the cost of replies",
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
