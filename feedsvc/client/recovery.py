@@ -181,8 +181,8 @@ class GapFiller:
         return min(due) if due else None
 
     def on_reply(self, parts: list[bytes]) -> None:
-        """A reply from the service: [header] or [header, body]. Unknown or stale ids (a reply
-        to a request sent again) are ignored."""
+        """A reply from the service: [header] or [header, body frame, ...]. Unknown or stale
+        ids (a reply to a request sent again) are ignored."""
         try:
             header = orjson.loads(parts[0])
             request_id = header["id"]
@@ -192,8 +192,8 @@ class GapFiller:
         if state is None or state.request is None or state.request.request_id != request_id:
             return
         request, state.request = state.request, None
-        if header.get("ok") is True and len(parts) == 2:
-            self._apply_ticks(state, request, header, parts[1])
+        if header.get("ok") is True and len(parts) >= 2:
+            self._apply_ticks(state, request, header, parts[1:])
         else:
             self._apply_error(state, request, header)
         if self.recovering.get(state.symbol) is state and state.request is None:
@@ -202,10 +202,15 @@ class GapFiller:
     # -- the work -------------------------------------------------------------------------
 
     def _apply_ticks(
-        self, state: _SymbolRecovery, request: _Request, header: dict[str, Any], body: bytes
+        self,
+        state: _SymbolRecovery,
+        request: _Request,
+        header: dict[str, Any],
+        body: list[bytes],
     ) -> None:
         last = header.get("last")
-        frames = body.split(TICK_SEPARATOR)
+        # One or more body frames, each whole tick frames joined by TICK_SEPARATOR.
+        frames = [frame for part in body for frame in part.split(TICK_SEPARATOR)]
         if type(last) is not int or not request.first <= last <= request.last:
             self._give_up(state, GAVE_UP_BAD_REPLY)
             return

@@ -14,6 +14,7 @@ from feedsvc.server.recovery.window import (
     TRIM_AGAIN_S,
     TRIM_CHECK_S,
     TRIM_FRAMES_PER_PASS,
+    Lookup,
     RecoveryWindow,
 )
 
@@ -21,6 +22,11 @@ EPOCH = 1_795_427_742_012_345_678
 WINDOW_S = 10.0
 START = 1_000.0
 UNLIMITED_BYTES = 1 << 40
+
+
+def what_is_held(lookup: Lookup) -> tuple[list[bytes] | None, int | None, int | None]:
+    """(frames, oldest, latest) of a lookup."""
+    return lookup.frames, lookup.oldest, lookup.latest
 
 
 class Rig:
@@ -71,7 +77,8 @@ class Rig:
 
     def held_by_lookup(self, symbol: str) -> list[bytes]:
         """Every frame of `symbol` still held, through lookup()."""
-        oldest, latest = self.window.lookup(symbol, 1, 1)[1:]
+        lookup = self.window.lookup(symbol, 1, 1)
+        oldest, latest = lookup.oldest, lookup.latest
         if oldest is None or latest is None:
             return []
         frames = self.window.lookup(symbol, oldest, latest).frames
@@ -104,8 +111,8 @@ def test_a_range_comes_back_byte_identical_in_seq_order() -> None:
 def test_a_range_of_an_unknown_symbol_or_past_the_latest_seq_has_no_frames() -> None:
     rig = Rig()
     rig.publish("AAPL", 3)
-    assert rig.window.lookup("AAPL", 2, 4) == (None, 1, 3)
-    assert rig.window.lookup("NOPE", 1, 1) == (None, None, None)
+    assert what_is_held(rig.window.lookup("AAPL", 2, 4)) == (None, 1, 3)
+    assert what_is_held(rig.window.lookup("NOPE", 1, 1)) == (None, None, None)
 
 
 def test_frames_are_kept_window_s_and_dropped_about_a_mark_interval_later() -> None:
@@ -125,7 +132,7 @@ def test_frames_are_kept_window_s_and_dropped_about_a_mark_interval_later() -> N
     assert rig.window.oldest_mark_age_s(rig.now) <= WINDOW_S
     # Later ones go too, once they are as old.
     rig.run_until(START + 2 * MARK_INTERVAL_S + WINDOW_S + MARK_INTERVAL_S + 0.1)
-    assert rig.window.lookup("AAPL", 6, 6) == (None, None, 10)
+    assert what_is_held(rig.window.lookup("AAPL", 6, 6)) == (None, None, 10)
     assert rig.window.held_bytes == 0
 
 
@@ -135,8 +142,8 @@ def test_a_range_partly_trimmed_returns_no_frames_with_oldest_and_latest() -> No
     rig.run_until(START + 2 * MARK_INTERVAL_S)
     young = rig.publish("AAPL", 5)
     rig.run_until(START + WINDOW_S + MARK_INTERVAL_S + 0.1)
-    assert rig.window.lookup("AAPL", 3, 7) == (None, 6, 10)
-    assert rig.window.lookup("AAPL", 5, 5) == (None, 6, 10)
+    assert what_is_held(rig.window.lookup("AAPL", 3, 7)) == (None, 6, 10)
+    assert what_is_held(rig.window.lookup("AAPL", 5, 5)) == (None, 6, 10)
     assert rig.window.lookup("AAPL", 6, 7).frames == young[:2]
     # Seqs go on where they stopped: the next frame is held as seq 11.
     [frame] = rig.publish("AAPL")
@@ -187,7 +194,9 @@ def test_trim_work_per_call_is_bounded_and_asks_to_be_called_again_soon() -> Non
     rig.trim(rig.now)
     assert rig.window.trimmed_frames == TRIM_FRAMES_PER_PASS
     assert rig.window.trim_due_at == rig.now + TRIM_AGAIN_S
-    assert rig.window.lookup("AAPL", TRIM_FRAMES_PER_PASS, TRIM_FRAMES_PER_PASS + 1) == (
+    assert what_is_held(
+        rig.window.lookup("AAPL", TRIM_FRAMES_PER_PASS, TRIM_FRAMES_PER_PASS + 1)
+    ) == (
         None,
         TRIM_FRAMES_PER_PASS + 1,
         total,
@@ -227,8 +236,12 @@ def test_many_symbols_are_marked_in_chunks() -> None:
     # Past window_s after the first pass but not the second: only the first chunk is trimmed.
     rig.trim(first_pass + WINDOW_S + TRIM_AGAIN_S / 2)
     assert rig.window.trimmed_frames == MARK_SYMBOLS_PER_PASS
-    assert rig.window.lookup(symbols[0], 1, 1) == (None, None, 1)
-    assert rig.window.lookup(symbols[MARK_SYMBOLS_PER_PASS - 1], 1, 1) == (None, None, 1)
+    assert what_is_held(rig.window.lookup(symbols[0], 1, 1)) == (None, None, 1)
+    assert what_is_held(rig.window.lookup(symbols[MARK_SYMBOLS_PER_PASS - 1], 1, 1)) == (
+        None,
+        None,
+        1,
+    )
     held = rig.window.lookup(symbols[MARK_SYMBOLS_PER_PASS], 1, 1).frames
     assert held == _frames_of(rig.sent, symbols[MARK_SYMBOLS_PER_PASS])
     # The later chunks expire on the next passes: every symbol's frame goes eventually.

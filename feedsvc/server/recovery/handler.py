@@ -51,14 +51,26 @@ class Fallback(NamedTuple):
 
 
 class RecoveryReply(NamedTuple):
-    """The header frame and the body (the ticks' frames joined by TICK_SEPARATOR; None for an
-    error). With `forward` the request goes to the recovery reader (Kafka) instead, and
-    `fallback` is its answer if Kafka cannot give one."""
+    """The header frame and the body frames (`pieces`: each holds whole tick frames joined by
+    TICK_SEPARATOR; None for an error). With `forward` the request goes to the recovery reader
+    (Kafka) instead, and `fallback` is its answer if Kafka cannot give one."""
 
     header: bytes
-    body: bytes | None
+    pieces: list[bytes | memoryview] | None
     forward: dict[str, Any] | None = None
     fallback: Fallback | None = None
+
+    @property
+    def body(self) -> bytes | None:
+        """Every tick frame joined by TICK_SEPARATOR (for tests and tools: the service sends
+        the pieces as they are)."""
+        if self.pieces is None:
+            return None
+        return TICK_SEPARATOR.join(bytes(piece) for piece in self.pieces)
+
+    @property
+    def size(self) -> int:
+        return sum(len(piece) for piece in self.pieces) if self.pieces is not None else 0
 
 
 class _Refused(Exception):
@@ -205,7 +217,7 @@ class RecoveryHandler:
                 oldest=lookup.oldest,
                 latest=lookup.latest,
             )
-        if lookup.frames is None:
+        if lookup.pieces is None:
             return self._miss(
                 fields,
                 ERROR_NOT_IN_WINDOW,
@@ -214,29 +226,30 @@ class RecoveryHandler:
                 oldest=lookup.oldest,
                 latest=lookup.latest,
             )
-        frames, body = self._fit(lookup.frames)
-        if self._inflight_room is not None and len(body) > self._inflight_room():
+        pieces, count = lookup.pieces, lookup.count
+        size = sum(len(piece) for piece in pieces)
+        if self._inflight_room is not None and size > self._inflight_room():
             raise _Refused(
                 ERROR_BUSY,
                 "replies to other clients are still on their way (recovery.max_inflight_bytes); "
                 "retry after a backoff",
                 retry_after_ms=100,
             )
-        self.limits.spend_bytes(client, len(body), now)
-        self.served_ticks += len(frames)
-        self.served_bytes += len(body)
-        self.served_by_source[SOURCE_MEMORY] += len(frames)
+        self.limits.spend_bytes(client, size, now)
+        self.served_ticks += count
+        self.served_bytes += size
+        self.served_by_source[SOURCE_MEMORY] += count
         header = {
             "ok": True,
             "id": fields["id"],
             "symbol": symbol,
             "epoch": epoch,
             "first": first,
-            "last": first + len(frames) - 1,
-            "count": len(frames),
+            "last": first + count - 1,
+            "count": count,
             "source": SOURCE_MEMORY,
         }
-        return RecoveryReply(orjson.dumps(header), body)
+        return RecoveryReply(orjson.dumps(header), pieces)
 
     def _miss(self, fields: dict[str, Any], code: str, detail: str, **extra: Any) -> RecoveryReply:
         """Not in memory: to the recovery reader (Kafka) when it takes requests, else the
@@ -266,19 +279,9 @@ class RecoveryHandler:
             self.served_bytes += len(parts[1])
             self.served_by_source[SOURCE_KAFKA] += count
             self.limits.spend_bytes(client, len(parts[1]), self._clock())
-            return RecoveryReply(parts[0], parts[1])
+            return RecoveryReply(parts[0], [parts[1]])
         code = header.get("error")
         self.rejected_by_reason[
             code if code in self.rejected_by_reason else ERROR_NOT_IN_WINDOW
         ] += 1
         return RecoveryReply(parts[0], None)
-
-    def _fit(self, frames: list[bytes]) -> tuple[list[bytes], bytes]:
-        """The frames that fit recovery.max_reply_bytes (at least one), and their body; the
-        client asks for the rest."""
-        limit = self.config.max_reply_bytes
-        body = TICK_SEPARATOR.join(frames)
-        while len(body) > limit and len(frames) > 1:
-            frames = frames[: max(1, len(frames) * limit // len(body) - 1)]
-            body = TICK_SEPARATOR.join(frames)
-        return frames, body
