@@ -288,8 +288,15 @@ def flood(endpoint: str, epoch: int, last_seq: int, results: Any) -> None:
 def test_floods_oversized_ranges_and_garbage_get_errors_while_a_fast_subscriber_keeps_up(
     serve: Callable[..., ServeProcess], tmp_path: Path
 ) -> None:
+    # The fast subscriber gets a publisher queue it cannot overflow while the flood process
+    # competes for the two cores (200 lost 2 ticks once in CI): the claim is that the service
+    # keeps publishing to it, not that its own process never lags.
     process, pub, recovery = recovery_service(
-        serve, tmp_path, f"synthetic.rate={FLOOD_RATE}", f"synthetic.symbols={FLOOD_SYMBOLS}"
+        serve,
+        tmp_path,
+        f"synthetic.rate={FLOOD_RATE}",
+        f"synthetic.symbols={FLOOD_SYMBOLS}",
+        f"publisher.sndhwm={REFERENCE_SNDHWM}",
     )
     subscriber = Subscriber(pub, prefixes=["SYN"], rcvhwm=0)
     spawn = multiprocessing.get_context("spawn")

@@ -119,7 +119,9 @@ def test_subscribe_json_summary_agrees_with_its_printed_seqs_across_a_restart(
     subscribe = subprocess.Popen(
         [
             *(sys.executable, "-m", "feedsvc.cli", "subscribe", "--json"),
-            *("--endpoint", publisher, "--sync", sync, "--duration", "6"),
+            # Long enough for the second service to start and the client to sync again even
+            # on two busy cores (6 s missed the new epoch once in CI).
+            *("--endpoint", publisher, "--sync", sync, "--duration", "10"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
