@@ -4,6 +4,8 @@ minus one per symbol, and a client that had synced syncs again."""
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 import time
@@ -120,7 +122,7 @@ def test_subscribe_json_summary_agrees_with_its_printed_seqs_across_a_restart(
         [
             *(sys.executable, "-m", "feedsvc.cli", "subscribe", "--json"),
             # Long enough for the second service to start and the client to sync again even
-            # on two busy cores (6 s missed the new epoch once in CI).
+            # on two busy cores.
             *("--endpoint", publisher, "--sync", sync, "--duration", "10"),
         ],
         stdout=subprocess.PIPE,
@@ -128,10 +130,18 @@ def test_subscribe_json_summary_agrees_with_its_printed_seqs_across_a_restart(
         cwd=PROJECT_ROOT,
     )
     try:
-        time.sleep(2.0)
+        # The first service must have served the client before it goes: a start slower than a
+        # fixed sleep (two busy cores) left the client seeing only the second epoch.
+        assert subscribe.stdout is not None
+        ready, _, _ = select.select([subscribe.stdout], [], [], 30.0)
+        assert ready, "subscribe printed no tick of the first service"
+        # Unbuffered, so that communicate() below reads the rest from where this stopped.
+        first_output = os.read(subscribe.stdout.fileno(), 65_536)
+        time.sleep(1.0)
         assert first.terminate() == 0
         second = serve(*settings)
         stdout, stderr = subscribe.communicate(timeout=30)
+        stdout = first_output + stdout
         assert second.terminate() == 0
     finally:
         if subscribe.poll() is None:
