@@ -235,6 +235,74 @@ class RecoveryConfig:
     allowed_networks: list[str] = _setting([], check=_check_networks)
 
 
+UPSTREAM_KEYS: Final = ("publisher", "sync", "recovery")
+
+
+def _check_upstreams(values: list[dict[str, Any]]) -> str | None:
+    if not values:
+        return "must list at least one upstream ({publisher: EP, sync: EP, recovery: EP})"
+    for index, upstream in enumerate(values):
+        unknown = [key for key in upstream if key not in UPSTREAM_KEYS]
+        if unknown:
+            return f"item {index}: unknown key {unknown[0]!r} (known: {', '.join(UPSTREAM_KEYS)})"
+        for key in UPSTREAM_KEYS:
+            value = upstream.get(key, "")
+            if not isinstance(value, str):
+                return f"item {index}: {key} must be a string, got {_shown(value)}"
+            if key == "publisher" and not value:
+                return f"item {index}: publisher must name the upstream's PUB endpoint"
+            if value and (problem := _check_endpoint(value)):
+                return f"item {index}: {key}: {problem}"
+    publishers = [upstream["publisher"] for upstream in values]
+    if len(set(publishers)) != len(publishers):
+        return "lists a publisher twice"
+    return None
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """`feedsvc relay`: re-serves upstream publishers' streams, unchanged, on its own sockets."""
+
+    # The publishers it forwards: {publisher: EP, sync: EP, recovery: EP} each; sync and
+    # recovery may be "" (that upstream's requests are then answered with an error).
+    upstreams: list[dict[str, Any]] = _setting(
+        [
+            {
+                "publisher": "tcp://127.0.0.1:5556",
+                "sync": "tcp://127.0.0.1:5558",
+                "recovery": "tcp://127.0.0.1:5559",
+            }
+        ],
+        check=_check_upstreams,
+    )
+    # The PUB side: one socket bound to all of these, like publisher.endpoints.
+    endpoints: list[str] = _setting(
+        ["ipc:///tmp/feedsvc/relay", "tcp://127.0.0.1:5656"], check=_check_endpoints
+    )
+    # Where its clients send sync and recovery requests; "" = off.
+    sync_endpoint: str = _setting(
+        "tcp://127.0.0.1:5658", check=lambda value: (value and _check_endpoint(value)) or None
+    )
+    recovery_endpoint: str = _setting(
+        "tcp://127.0.0.1:5659", check=lambda value: (value and _check_endpoint(value)) or None
+    )
+    # The same stale-data policy as the publisher: a slow client loses ticks (visible as seq
+    # gaps) at sndhwm, never grows the relay. rcvhwm bounds what waits from the upstreams.
+    sndhwm: int = _setting(10_000, minimum=0)
+    sndbuf: int = _setting(262_144, minimum=0)
+    rcvhwm: int = _setting(100_000, minimum=0)
+    io_threads: int = _setting(1, minimum=1, maximum=64)
+    # An upstream without a heartbeat for this long counts as down (health, metrics).
+    upstream_timeout_s: float = _setting(3.0, minimum=0.05, maximum=3600)
+    # A forwarded sync or recovery request without an upstream answer in this time gets the
+    # error upstream_timeout; at most this many are forwarded and unanswered at once.
+    request_timeout_s: float = _setting(5.0, minimum=0.05, maximum=600)
+    max_pending_requests: int = _setting(1_000, minimum=1, maximum=1_000_000)
+    # Its own /metrics and /healthz on metrics_host:metrics_port; 0 = no metrics server.
+    metrics_port: int = _setting(9109, minimum=0, maximum=65_535)
+    metrics_host: str = _setting("127.0.0.1")
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     enabled: bool = _setting(True)
@@ -415,6 +483,7 @@ class Config:
     curve: CurveConfig = field(default_factory=CurveConfig)
     ipc: IpcConfig = field(default_factory=IpcConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 def _type_problem(expected: Any, value: Any) -> str | None:

@@ -26,6 +26,11 @@ class _Command(NamedTuple):
 
 COMMANDS: Final = {
     "serve": _Command("run the publisher service", "feedsvc.cli.serve", "add_serve_arguments"),
+    "relay": _Command(
+        "re-serve upstream publishers' streams on this host (libzmq's proxy)",
+        "feedsvc.cli.relay",
+        "add_relay_arguments",
+    ),
     "subscribe": _Command(
         "receive ticks like a trading client", "feedsvc.cli.subscribe", "add_subscribe_arguments"
     ),

@@ -43,7 +43,15 @@ ERROR_BUSY: Final = "busy"
 # Handling the request raised (a bug, counted in feedsvc_internal_errors_total{where="recovery"}).
 ERROR_INTERNAL: Final = "internal_error"
 # Errors worth the same request again after a backoff; the others need a different request.
-RETRYABLE_ERRORS: Final = (ERROR_RATE_LIMITED, ERROR_BUSY, ERROR_INTERNAL)
+# From a relay (feedsvc relay): the upstream publisher that would answer is down or did not
+# answer within relay.request_timeout_s. Worth a retry: an upstream restart ends it.
+ERROR_UPSTREAM_UNAVAILABLE: Final = "upstream_unavailable"
+RETRYABLE_ERRORS: Final = (
+    ERROR_RATE_LIMITED,
+    ERROR_BUSY,
+    ERROR_INTERNAL,
+    ERROR_UPSTREAM_UNAVAILABLE,
+)
 ERRORS: Final = (
     ERROR_NOT_JSON,
     ERROR_BAD_REQUEST,
@@ -56,4 +64,5 @@ ERRORS: Final = (
     ERROR_RATE_LIMITED,
     ERROR_BUSY,
     ERROR_INTERNAL,
+    ERROR_UPSTREAM_UNAVAILABLE,
 )

@@ -26,7 +26,10 @@ ERROR_UNKNOWN_MARKER: Final = "unknown_marker"
 # Handling the request raised (a bug, counted in feedsvc_internal_errors_total{where="sync"}).
 ERROR_INTERNAL: Final = "internal_error"
 # Errors a client should retry after a backoff; the others need a different request.
-RETRYABLE_ERRORS: Final = (ERROR_BUSY, ERROR_INTERNAL)
+# From a relay (feedsvc relay): the upstream publisher that would answer is down or did not
+# answer within relay.request_timeout_s. Worth a retry: an upstream restart ends it.
+ERROR_UPSTREAM_UNAVAILABLE: Final = "upstream_unavailable"
+RETRYABLE_ERRORS: Final = (ERROR_BUSY, ERROR_INTERNAL, ERROR_UPSTREAM_UNAVAILABLE)
 ERRORS: Final = (
     ERROR_NOT_JSON,
     ERROR_BAD_REQUEST,
@@ -37,6 +40,7 @@ ERRORS: Final = (
     ERROR_BUSY,
     ERROR_UNKNOWN_MARKER,
     ERROR_INTERNAL,
+    ERROR_UPSTREAM_UNAVAILABLE,
 )
 
 

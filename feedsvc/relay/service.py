@@ -1,0 +1,333 @@
+"""The relay process's main thread: starts the tick path and the request forwarders, watches
+the upstreams' heartbeats and its own clients, serves /metrics and /healthz, stops on request.
+
+Nothing here runs per tick: the ticks are the proxy thread's (forwarder.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+import zmq
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from feedsvc.config import Config
+from feedsvc.protocol.ticks import HEARTBEAT_TOPIC, TOPIC_DELIMITER
+from feedsvc.relay.forwarder import ProxyStatistics, TickForwarder, set_zmtp_heartbeats
+from feedsvc.relay.requests import KIND_RECOVERY, KIND_SYNC, RequestForwarder
+from feedsvc.server.observe.http import BoundedHttpServer, Response
+from feedsvc.server.sockets import bind_endpoint
+
+log = logging.getLogger("feedsvc.relay")
+
+POLL_MS: Final = 100
+STATISTICS_INTERVAL_S: Final = 1.0
+SERVING_LINE: Final = "relay serving"
+_HEARTBEAT_PREFIX: Final = HEARTBEAT_TOPIC.encode() + TOPIC_DELIMITER
+
+
+class StartupError(RuntimeError):
+    """The relay cannot start (an endpoint cannot be bound ...): one line for the user."""
+
+
+@dataclass
+class UpstreamState:
+    """What the relay knows of one upstream publisher, from its heartbeats."""
+
+    publisher: str
+    heartbeat_at: float | None = None
+    epoch: int | None = None
+    heartbeats: int = 0
+
+
+class Relay:
+    """`feedsvc relay`: construct, `start()`, `run()` until `request_stop()`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.relay = config.relay
+        self._context = zmq.Context(io_threads=config.relay.io_threads)
+        self._stop_requested = False
+        self._started_at = time.monotonic()
+        self.upstreams = [UpstreamState(upstream["publisher"]) for upstream in self.relay.upstreams]
+        self._watchers: list[zmq.Socket] = []
+        self.forwarder: TickForwarder | None = None
+        self.requests: list[RequestForwarder] = []
+        self.statistics = ProxyStatistics()
+        self.subscribers_connected = 0
+        self.http: BoundedHttpServer | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self._registry)
+        self._registry.register(_RelayCollector(self))
+
+    def start(self) -> None:
+        """Bind and connect everything; raises StartupError with one line."""
+        relay = self.relay
+        try:
+            self.forwarder = TickForwarder(self._context, relay, self.config.ipc.mode)
+            for kind, endpoint, upstream_key in (
+                (KIND_SYNC, relay.sync_endpoint, "sync"),
+                (KIND_RECOVERY, relay.recovery_endpoint, "recovery"),
+            ):
+                if endpoint:
+                    self.requests.append(
+                        RequestForwarder(
+                            self._context,
+                            kind,
+                            lambda socket, endpoint=endpoint: self._bind(socket, endpoint),
+                            _first_upstream(relay.upstreams, upstream_key),
+                            relay.request_timeout_s,
+                            relay.max_pending_requests,
+                        )
+                    )
+        except (zmq.ZMQError, OSError) as error:
+            self._close_sockets()
+            raise StartupError(f"cannot bind the relay's endpoints: {error}") from None
+        for upstream in self.upstreams:
+            watcher = self._context.socket(zmq.SUB)
+            watcher.setsockopt(zmq.LINGER, 0)
+            watcher.setsockopt(zmq.SUBSCRIBE, _HEARTBEAT_PREFIX)
+            set_zmtp_heartbeats(watcher)
+            watcher.connect(upstream.publisher)
+            self._watchers.append(watcher)
+        if relay.metrics_port:
+            try:
+                self.http = BoundedHttpServer(
+                    relay.metrics_host, relay.metrics_port, self._respond, thread_name="relay-http"
+                )
+            except OSError as error:
+                self._close_sockets()
+                raise StartupError(
+                    f"relay.metrics_port: cannot listen on {relay.metrics_port}: {error.strerror}"
+                ) from None
+            self.http.start()
+        self.forwarder.start()
+        log.info(
+            "%s on %s from %s (metrics port %s)",
+            SERVING_LINE,
+            ", ".join(relay.endpoints),
+            ", ".join(upstream.publisher for upstream in self.upstreams),
+            self.http.port if self.http is not None else "off",
+        )
+
+    def _bind(self, socket: zmq.Socket, endpoint: str) -> None:
+        bind_endpoint(
+            socket, "relay", endpoint, ipc_mode=self.config.ipc.mode, curve=None, uses_zap=False
+        )
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def run(self) -> None:
+        forwarder = self.forwarder
+        assert forwarder is not None, "start() first"
+        poller = zmq.Poller()
+        poller.register(forwarder.backend_monitor, zmq.POLLIN)
+        for watcher in self._watchers:
+            poller.register(watcher, zmq.POLLIN)
+        for requests in self.requests:
+            for socket in requests.sockets():
+                poller.register(socket, zmq.POLLIN)
+        statistics_at = time.monotonic()
+        try:
+            while not self._stop_requested:
+                ready = dict(poller.poll(POLL_MS))
+                if forwarder.backend_monitor in ready:
+                    self._read_monitor(forwarder.backend_monitor)
+                for upstream, watcher in zip(self.upstreams, self._watchers, strict=True):
+                    if watcher in ready:
+                        _read_heartbeats(upstream, watcher)
+                for requests in self.requests:
+                    requests.serve(ready)
+                    requests.expire()
+                now = time.monotonic()
+                if now >= statistics_at:
+                    statistics_at = now + STATISTICS_INTERVAL_S
+                    self.statistics = forwarder.statistics() or self.statistics
+                    if not forwarder.alive():
+                        log.error("the relay's proxy stopped (%s); exiting", forwarder.error)
+                        return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+        self._close_sockets()
+        self._context.term()
+        log.info("relay stopped")
+
+    def _close_sockets(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
+        for requests in self.requests:
+            requests.close()
+        self.requests = []
+        for watcher in self._watchers:
+            watcher.close(linger=0)
+        self._watchers = []
+
+    def _read_monitor(self, monitor: zmq.Socket) -> None:
+        for _ in range(1_000):
+            try:
+                event = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = int.from_bytes(event[0][:2], "little")
+            if kind == zmq.EVENT_ACCEPTED:
+                self.subscribers_connected += 1
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self.subscribers_connected = max(0, self.subscribers_connected - 1)
+
+    def heartbeat_age_s(self, upstream: UpstreamState, now: float) -> float | None:
+        return None if upstream.heartbeat_at is None else now - upstream.heartbeat_at
+
+    def upstream_up(self, upstream: UpstreamState, now: float) -> bool:
+        age = self.heartbeat_age_s(upstream, now)
+        return age is not None and age <= self.relay.upstream_timeout_s
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, /healthz document). No upstream heartbeat is "degraded" with 200: the
+        relay itself is fine and restarting it would not help."""
+        now = time.monotonic()
+        forwarder = self.forwarder
+        down = [
+            upstream.publisher for upstream in self.upstreams if not self.upstream_up(upstream, now)
+        ]
+        if forwarder is None or not forwarder.alive():
+            status, reason, code = "unavailable", "the relay's proxy is not running", 503
+        elif down:
+            status, code = "degraded", 200
+            reason = f"no heartbeat for over {self.relay.upstream_timeout_s:g} s from " + ", ".join(
+                down
+            )
+        else:
+            status, reason, code = "ok", None, 200
+        upstreams = [
+            {
+                "publisher": upstream.publisher,
+                "up": self.upstream_up(upstream, now),
+                "heartbeat_age_s": _rounded(self.heartbeat_age_s(upstream, now)),
+                "epoch": upstream.epoch,
+            }
+            for upstream in self.upstreams
+        ]
+        document = {
+            "status": status,
+            "reason": reason,
+            "endpoints": self.relay.endpoints,
+            "upstreams": upstreams,
+            "subscribers_connected": self.subscribers_connected,
+        }
+        return code, document
+
+    def _respond(self, path: str) -> Response:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        if path == "/healthz":
+            code, document = self.health()
+            return code, "application/json", orjson.dumps(document)
+        return 404, "text/plain", b"try /metrics or /healthz\n"
+
+
+def _first_upstream(upstreams: list[dict[str, Any]], key: str) -> str:
+    """The upstream endpoint requests of this kind go to ("" = none): the first upstream's
+    that has one."""
+    return next((upstream[key] for upstream in upstreams if upstream.get(key)), "")
+
+
+def _read_heartbeats(upstream: UpstreamState, watcher: zmq.Socket) -> None:
+    for _ in range(100):
+        try:
+            frame = watcher.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        upstream.heartbeat_at = time.monotonic()
+        upstream.heartbeats += 1
+        try:
+            fields = orjson.loads(frame[len(_HEARTBEAT_PREFIX) :])
+        except orjson.JSONDecodeError:
+            continue
+        epoch = fields.get("epoch") if isinstance(fields, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            upstream.epoch = epoch
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+class _RelayCollector:
+    """The relay's metrics, read at scrape time."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        relay, now = self._relay, time.monotonic()
+        statistics = relay.statistics
+        messages = CounterMetricFamily(
+            "feedsvc_relay_messages",
+            "Messages through the relay's proxy: in from the upstreams, out to its PUB socket "
+            "(once per message, before the PUB's fan-out to clients).",
+            labels=["direction"],
+        )
+        messages.add_metric(["in"], statistics.messages_in)
+        messages.add_metric(["out"], statistics.messages_out)
+        yield messages
+        sizes = CounterMetricFamily(
+            "feedsvc_relay_bytes", "Bytes through the relay's proxy.", labels=["direction"]
+        )
+        sizes.add_metric(["in"], statistics.bytes_in)
+        sizes.add_metric(["out"], statistics.bytes_out)
+        yield sizes
+        yield GaugeMetricFamily(
+            "feedsvc_relay_subscribers_connected",
+            "Client connections to the relay's PUB endpoints now.",
+            value=relay.subscribers_connected,
+        )
+        up = GaugeMetricFamily(
+            "feedsvc_relay_upstream_up",
+            "1 while the upstream's heartbeats arrive (within relay.upstream_timeout_s).",
+            labels=["upstream"],
+        )
+        age = GaugeMetricFamily(
+            "feedsvc_relay_upstream_heartbeat_age_seconds",
+            "Seconds since the upstream's last heartbeat (absent before the first).",
+            labels=["upstream"],
+        )
+        for upstream in relay.upstreams:
+            up.add_metric([upstream.publisher], 1.0 if relay.upstream_up(upstream, now) else 0.0)
+            heartbeat_age = relay.heartbeat_age_s(upstream, now)
+            if heartbeat_age is not None:
+                age.add_metric([upstream.publisher], heartbeat_age)
+        yield up
+        yield age
+        requests = CounterMetricFamily(
+            "feedsvc_relay_requests",
+            "Sync and recovery requests through the relay, by outcome.",
+            labels=["kind", "outcome"],
+        )
+        pending = GaugeMetricFamily(
+            "feedsvc_relay_requests_pending",
+            "Requests forwarded upstream and not answered yet.",
+            labels=["kind"],
+        )
+        for forwarder in relay.requests:
+            for outcome, count in forwarder.outcomes.items():
+                requests.add_metric([forwarder.kind, outcome], count)
+            pending.add_metric([forwarder.kind], forwarder.pending)
+        yield requests
+        yield pending

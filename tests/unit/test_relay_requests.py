@@ -1,0 +1,290 @@
+"""The relay's request forwarder, over real inproc sockets: what a client behind a relay relies
+on (its own request id back, the reply's frames unchanged, a clear error instead of silence when
+the upstream is down or slow) and that no request, however malformed, stops the forwarder from
+serving the next one. Fuzzed with Hypothesis through `RequestForwarder.serve`, as the relay's
+loop calls it (derandomized in the test command; scripts/fuzz.sh searches at random)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feedsvc.protocol.recovery import (
+    ERROR_BAD_REQUEST,
+    ERROR_BUSY,
+    ERROR_NOT_JSON,
+    ERROR_TOO_LARGE,
+    ERROR_UPSTREAM_UNAVAILABLE,
+    MAX_REQUEST_BYTES,
+    RETRYABLE_ERRORS,
+)
+from feedsvc.protocol.sync import RETRYABLE_ERRORS as SYNC_RETRYABLE_ERRORS
+from feedsvc.relay.requests import (
+    KIND_RECOVERY,
+    KIND_SYNC,
+    OUTCOME_ANSWERED,
+    OUTCOME_TIMEOUT,
+    RequestForwarder,
+)
+from tests.conftest import fuzz_examples
+
+_names = itertools.count()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Rig:
+    """A forwarder between a client socket and an upstream socket ("" = no upstream)."""
+
+    def __init__(
+        self, context: zmq.Context, kind: str, upstream: bool = True, max_pending: int = 100
+    ) -> None:
+        name = next(_names)
+        self.front_endpoint = f"inproc://relay-front-{name}"
+        upstream_endpoint = f"inproc://relay-upstream-{name}" if upstream else ""
+        self.upstream: zmq.Socket | None = None
+        if upstream:
+            self.upstream = context.socket(zmq.ROUTER if kind == KIND_RECOVERY else zmq.REP)
+            self.upstream.bind(upstream_endpoint)
+        self.clock = FakeClock()
+        self.forwarder = RequestForwarder(
+            context,
+            kind,
+            lambda socket: socket.bind(self.front_endpoint),
+            upstream_endpoint,
+            timeout_s=2.0,
+            max_pending=max_pending,
+            clock=self.clock,
+        )
+        self.poller = zmq.Poller()
+        for socket in self.forwarder.sockets():
+            self.poller.register(socket, zmq.POLLIN)
+
+    def pump(self, timeout_ms: int = 200) -> None:
+        """Let the forwarder serve what is ready (as the relay's loop does)."""
+        ready = dict(self.poller.poll(timeout_ms))
+        self.forwarder.serve(ready)
+        self.forwarder.expire()
+
+    def close(self) -> None:
+        self.forwarder.close()
+        if self.upstream is not None:
+            self.upstream.close(linger=0)
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    client = context.socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(endpoint)
+    return client
+
+
+def reply_of(client: zmq.Socket, rig: Rig, tries: int = 10) -> list[bytes]:
+    for _ in range(tries):
+        if client.poll(0):
+            return client.recv_multipart()
+        rig.pump(50)
+    raise AssertionError("no reply")
+
+
+def test_a_recovery_reply_comes_back_with_the_clients_id_and_its_frames_unchanged(
+    context: zmq.Context,
+) -> None:
+    rig = Rig(context, KIND_RECOVERY)
+    client = dealer(context, rig.front_endpoint)
+    request = {
+        "op": "recover",
+        "id": "AAPL.17",
+        "symbol": "AAPL",
+        "epoch": 5,
+        "first": 1,
+        "last": 2,
+    }
+    client.send(orjson.dumps(request))
+    rig.pump()
+    assert rig.upstream is not None and rig.upstream.poll(1000)
+    peer, forwarded = rig.upstream.recv_multipart()
+    upstream_request = orjson.loads(forwarded)
+    # The upstream sees one frame, with the relay's own id (ids of clients may collide).
+    assert upstream_request["id"] != "AAPL.17"
+    assert {key: value for key, value in upstream_request.items() if key != "id"} == {
+        key: value for key, value in request.items() if key != "id"
+    }
+    header = {"ok": True, "id": upstream_request["id"], "count": 2}
+    body = b'AAPL {"seq":1}\nAAPL {"seq":2}'
+    rig.upstream.send_multipart([peer, orjson.dumps(header), body])
+    reply = reply_of(client, rig)
+    assert orjson.loads(reply[0]) == {"ok": True, "id": "AAPL.17", "count": 2}
+    assert reply[1:] == [body]
+    assert rig.forwarder.outcomes[OUTCOME_ANSWERED] == 1 and rig.forwarder.pending == 0
+    client.close()
+    rig.close()
+
+
+def test_a_sync_request_goes_through_with_the_req_envelope(context: zmq.Context) -> None:
+    rig = Rig(context, KIND_SYNC)
+    client = context.socket(zmq.REQ)
+    client.connect(rig.front_endpoint)
+    client.send(b'{"op":"snapshot","client":"c1","marker":"m1"}')
+    rig.pump()
+    assert rig.upstream is not None and rig.upstream.poll(1000)
+    assert rig.upstream.recv() == b'{"op":"snapshot","client":"c1","marker":"m1"}'
+    rig.upstream.send(b'{"ok":true}')
+    rig.pump()
+    assert client.poll(1000) and client.recv() == b'{"ok":true}'
+    client.close(linger=0)
+    rig.close()
+
+
+@pytest.mark.parametrize("kind", [KIND_SYNC, KIND_RECOVERY])
+def test_an_upstream_that_is_not_there_gets_a_retryable_error_at_once(
+    context: zmq.Context, kind: str
+) -> None:
+    rig = Rig(context, kind)
+    assert rig.upstream is not None
+    rig.upstream.close(linger=0)  # the upstream is down
+    rig.upstream = None
+    client = context.socket(zmq.REQ)
+    client.connect(rig.front_endpoint)
+    client.send(b'{"op":"recover","id":"x"}')
+    rig.pump()
+    assert client.poll(1000)
+    reply = orjson.loads(client.recv())
+    assert reply["ok"] is False and reply["error"] == ERROR_UPSTREAM_UNAVAILABLE
+    assert ERROR_UPSTREAM_UNAVAILABLE in RETRYABLE_ERRORS
+    assert ERROR_UPSTREAM_UNAVAILABLE in SYNC_RETRYABLE_ERRORS
+    client.close(linger=0)
+    rig.close()
+
+
+def test_a_silent_upstream_times_out_with_an_error_and_its_late_reply_is_dropped(
+    context: zmq.Context,
+) -> None:
+    rig = Rig(context, KIND_RECOVERY)
+    client = dealer(context, rig.front_endpoint)
+    client.send(b'{"op":"recover","id":"slow"}')
+    rig.pump()
+    assert rig.upstream is not None and rig.upstream.poll(1000)
+    peer, forwarded = rig.upstream.recv_multipart()
+    rig.pump(0)
+    assert not client.poll(0) and rig.forwarder.pending == 1  # not yet: within the timeout
+    rig.clock.now = 2.5
+    rig.pump(0)
+    reply = orjson.loads(reply_of(client, rig)[-1])
+    assert (reply["id"], reply["error"]) == ("slow", ERROR_UPSTREAM_UNAVAILABLE)
+    assert rig.forwarder.outcomes[OUTCOME_TIMEOUT] == 1
+    late_id = orjson.loads(forwarded)["id"]
+    rig.upstream.send_multipart([peer, orjson.dumps({"ok": True, "id": late_id})])
+    rig.pump()
+    assert not client.poll(100)  # the client had its answer already
+    client.close()
+    rig.close()
+
+
+def test_past_max_pending_requests_a_client_is_told_busy(context: zmq.Context) -> None:
+    rig = Rig(context, KIND_RECOVERY, max_pending=2)
+    client = dealer(context, rig.front_endpoint)
+    for number in range(3):
+        client.send(b'{"op":"recover","id":"r%d"}' % number)
+    for _ in range(5):
+        rig.pump(50)
+    reply = orjson.loads(reply_of(client, rig)[-1])
+    assert (reply["id"], reply["error"]) == ("r2", ERROR_BUSY) and "retry_after_ms" in reply
+    assert rig.forwarder.pending == 2
+    client.close()
+    rig.close()
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([b"not json"], ERROR_NOT_JSON),
+        ([b"[1, 2]"], ERROR_BAD_REQUEST),
+        ([b'{"op":"recover","id":7}'], ERROR_BAD_REQUEST),
+        ([b"x" * (MAX_REQUEST_BYTES + 1)], ERROR_TOO_LARGE),
+        ([b"a", b"b", b"c"], ERROR_BAD_REQUEST),
+    ],
+)
+def test_a_malformed_recovery_request_is_refused_by_the_relay_itself(
+    context: zmq.Context, frames: list[bytes], code: str
+) -> None:
+    rig = Rig(context, KIND_RECOVERY)
+    client = dealer(context, rig.front_endpoint)
+    client.send_multipart(frames)
+    reply = orjson.loads(reply_of(client, rig)[-1])
+    assert (reply["ok"], reply["error"]) == (False, code)
+    assert rig.upstream is not None and not rig.upstream.poll(0)  # nothing went upstream
+    client.close()
+    rig.close()
+
+
+@settings(max_examples=fuzz_examples(150))
+@given(
+    frames=st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.builds(
+                orjson.dumps,
+                st.dictionaries(
+                    st.sampled_from(["op", "id", "symbol", "epoch", "first", "last", "x"]),
+                    st.one_of(st.none(), st.integers(), st.text(max_size=10), st.booleans()),
+                ),
+            ),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    kind=st.sampled_from([KIND_SYNC, KIND_RECOVERY]),
+)
+def test_any_request_is_answered_or_forwarded_and_the_next_valid_one_still_works(
+    frames: list[bytes], kind: str
+) -> None:
+    context = zmq.Context()
+    rig = Rig(context, kind)
+    try:
+        client = dealer(context, rig.front_endpoint)
+        client.send_multipart(frames)
+        rig.pump()
+        assert rig.upstream is not None
+        forwarded = rig.upstream.poll(0)
+        while rig.upstream.poll(0):  # the upstream sees only well-formed requests
+            message = rig.upstream.recv_multipart()
+            if kind == KIND_RECOVERY:
+                assert len(message) == 2 and isinstance(orjson.loads(message[1])["id"], str)
+        if not forwarded and client.poll(200):
+            reply = orjson.loads(client.recv_multipart()[-1])
+            assert reply["ok"] is False and isinstance(reply["error"], str)
+        assert rig.forwarder.outcomes["internal_error"] == 0
+        # Whatever came before, a valid request of another client goes through.
+        other = dealer(context, rig.front_endpoint)
+        if kind == KIND_SYNC:
+            other.send_multipart([b"", b'{"op":"snapshot"}'])
+        else:
+            other.send(b'{"op":"recover","id":"next"}')
+        for _ in range(10):
+            rig.pump(20)
+            if rig.upstream.poll(0):
+                break
+        assert rig.upstream.poll(0), "a valid request after a bad one was not forwarded"
+    finally:
+        rig.close()
+        context.destroy(linger=0)
