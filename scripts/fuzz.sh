@@ -7,7 +7,7 @@
 # what the search reached (the events each property records).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "fuzz: random search of the ingest, sync, recovery, subscription and config property tests" \
+echo "fuzz: random search of the ingest, sync, recovery, relay request, subscription and config property tests" \
     "(hypothesis profile 'fuzz', up to 50x CI's examples); expect 10 to 20 minutes on 2 cores" >&2
 scripts/setup.sh test
 # shellcheck source=/dev/null
@@ -16,5 +16,5 @@ scripts/setup.sh test
 # timeout (pyproject.toml), which is there for hung sockets, not for long searches.
 FEEDSVC_HYPOTHESIS_PROFILE=fuzz python -m pytest \
     tests/unit/test_fuzz_end_to_end.py tests/unit/test_fuzz_entry_points.py \
-    tests/unit/test_fuzz_recovery.py \
+    tests/unit/test_fuzz_recovery.py tests/unit/test_relay_requests.py \
     --timeout=0 "$@"

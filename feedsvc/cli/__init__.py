@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Final, NamedTuple
@@ -50,6 +52,17 @@ COMMANDS: Final = {
         "add_keygen_arguments",
     ),
 }
+
+
+def stop_on_signals(request_stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT ask a long-running command to stop (it then exits 0), logged once."""
+
+    def stop(signum: int, _frame: object) -> None:
+        logging.getLogger("feedsvc").info("received %s, stopping", signal.Signals(signum).name)
+        request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from pathlib import Path
 
-from feedsvc.cli import EXIT_USAGE
+from feedsvc.cli import EXIT_USAGE, stop_on_signals
 from feedsvc.config import ConfigError, load_config
 from feedsvc.logs import setup_logging
 from feedsvc.relay.service import Relay, StartupError
@@ -45,11 +43,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"feedsvc: start-up error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
-    def stop(signum: int, _frame: object) -> None:
-        logging.getLogger("feedsvc").info("received %s, stopping", signal.Signals(signum).name)
-        relay.request_stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(relay.request_stop)
     relay.run()
     return 0

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
 
 import orjson
 
-from feedsvc.cli import EXIT_USAGE
+from feedsvc.cli import EXIT_USAGE, stop_on_signals
 from feedsvc.config import ConfigError, load_config
 from feedsvc.curve import key_files_problem
 from feedsvc.logs import setup_logging
@@ -69,15 +68,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"feedsvc: start-up error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
-    def stop(signum: int, _frame: object) -> None:
-        logging.getLogger("feedsvc").info("received %s, stopping", signal.Signals(signum).name)
-        service.request_stop()
-
     def reload_keys(_signum: int, _frame: object) -> None:
         service.request_key_reload()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(service.request_stop)
     signal.signal(signal.SIGHUP, reload_keys)
     settle_after_start()
     service.run()

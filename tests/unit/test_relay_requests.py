@@ -32,7 +32,7 @@ from feedsvc.relay.requests import (
     OUTCOME_TIMEOUT,
     RequestForwarder,
 )
-from tests.conftest import fuzz_examples
+from tests.conftest import free_tcp_port, fuzz_examples
 
 _names = itertools.count()
 
@@ -49,13 +49,20 @@ class Rig:
     """A forwarder between a client socket and an upstream socket ("" = no upstream)."""
 
     def __init__(
-        self, context: zmq.Context, kind: str, upstream: bool = True, max_pending: int = 100
+        self, context: zmq.Context, kind: str, upstream_up: bool = True, max_pending: int = 100
     ) -> None:
         name = next(_names)
         self.front_endpoint = f"inproc://relay-front-{name}"
-        upstream_endpoint = f"inproc://relay-upstream-{name}" if upstream else ""
+        # An upstream that is up is bound on inproc before the forwarder connects (connected at
+        # once); one that is down is a tcp port nobody listens on (an inproc connect would make
+        # its pipe at once, peer or not).
+        upstream_endpoint = (
+            f"inproc://relay-upstream-{name}"
+            if upstream_up
+            else f"tcp://127.0.0.1:{free_tcp_port()}"
+        )
         self.upstream: zmq.Socket | None = None
-        if upstream:
+        if upstream_up:
             self.upstream = context.socket(zmq.ROUTER if kind == KIND_RECOVERY else zmq.REP)
             self.upstream.bind(upstream_endpoint)
         self.clock = FakeClock()
@@ -159,10 +166,7 @@ def test_a_sync_request_goes_through_with_the_req_envelope(context: zmq.Context)
 def test_an_upstream_that_is_not_there_gets_a_retryable_error_at_once(
     context: zmq.Context, kind: str
 ) -> None:
-    rig = Rig(context, kind)
-    assert rig.upstream is not None
-    rig.upstream.close(linger=0)  # the upstream is down
-    rig.upstream = None
+    rig = Rig(context, kind, upstream_up=False)
     client = context.socket(zmq.REQ)
     client.connect(rig.front_endpoint)
     client.send(b'{"op":"recover","id":"x"}')
@@ -246,7 +250,12 @@ def test_a_malformed_recovery_request_is_refused_by_the_relay_itself(
                 orjson.dumps,
                 st.dictionaries(
                     st.sampled_from(["op", "id", "symbol", "epoch", "first", "last", "x"]),
-                    st.one_of(st.none(), st.integers(), st.text(max_size=10), st.booleans()),
+                    st.one_of(
+                        st.none(),
+                        st.integers(-(2**63), 2**63 - 1),
+                        st.text(max_size=10),
+                        st.booleans(),
+                    ),
                 ),
             ),
         ),
@@ -270,6 +279,8 @@ def test_any_request_is_answered_or_forwarded_and_the_next_valid_one_still_works
             message = rig.upstream.recv_multipart()
             if kind == KIND_RECOVERY:
                 assert len(message) == 2 and isinstance(orjson.loads(message[1])["id"], str)
+            else:
+                rig.upstream.send(b'{"ok":true}')  # a REP answers before it takes the next
         if not forwarded and client.poll(200):
             reply = orjson.loads(client.recv_multipart()[-1])
             assert reply["ok"] is False and isinstance(reply["error"], str)
@@ -280,7 +291,7 @@ def test_any_request_is_answered_or_forwarded_and_the_next_valid_one_still_works
             other.send_multipart([b"", b'{"op":"snapshot"}'])
         else:
             other.send(b'{"op":"recover","id":"next"}')
-        for _ in range(10):
+        for _ in range(100):  # bounded: 100 polls of at most 20 ms
             rig.pump(20)
             if rig.upstream.poll(0):
                 break
