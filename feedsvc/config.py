@@ -298,9 +298,19 @@ class RelayConfig:
     # error upstream_timeout; at most this many are forwarded and unanswered at once.
     request_timeout_s: float = _setting(5.0, minimum=0.05, maximum=600)
     max_pending_requests: int = _setting(1_000, minimum=1, maximum=1_000_000)
+    # Curve towards tcp upstreams (a publisher with curve.enabled): the upstream's public key
+    # (NAME.key) and the relay's own key pair (NAME.key_secret, listed in the upstream's
+    # curve.authorized_keys); both or neither. The relay's own endpoints use the curve section.
+    upstream_server_key: str = _setting("")
+    upstream_client_cert: str = _setting("")
     # Its own /metrics and /healthz on metrics_host:metrics_port; 0 = no metrics server.
     metrics_port: int = _setting(9109, minimum=0, maximum=65_535)
     metrics_host: str = _setting("127.0.0.1")
+
+    def __post_init__(self) -> None:
+        if bool(self.upstream_server_key) != bool(self.upstream_client_cert):
+            missing = "upstream_client_cert" if self.upstream_server_key else "upstream_server_key"
+            raise ConfigError(f"relay.{missing}", "Curve to the upstream needs both key files")
 
 
 @dataclass(frozen=True)

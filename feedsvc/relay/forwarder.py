@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import zmq
 
 from feedsvc.config import RelayConfig
-from feedsvc.server.sockets import bind_endpoint
 
 # libzmq's subscribe command on an XSUB: byte 1, then the prefix (empty: everything).
 SUBSCRIBE_ALL: Final = b"\x01"
@@ -56,7 +56,13 @@ class TickForwarder:
     hands both to the proxy thread, after which only the control socket is used from here.
     """
 
-    def __init__(self, context: zmq.Context, config: RelayConfig, ipc_mode: int) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        config: RelayConfig,
+        bind: Callable[[zmq.Socket, str], None],
+        connect: Callable[[zmq.Socket, str], None],
+    ) -> None:
         self._context = context
         self.frontend = context.socket(zmq.XSUB)
         self.frontend.setsockopt(zmq.RCVHWM, config.rcvhwm)
@@ -80,12 +86,10 @@ class TickForwarder:
         self._control.setsockopt(zmq.RCVTIMEO, CONTROL_TIMEOUT_MS)
         self._control.connect(control_endpoint)
         for endpoint in config.endpoints:
-            bind_endpoint(
-                self.backend, "relay", endpoint, ipc_mode=ipc_mode, curve=None, uses_zap=False
-            )
+            bind(self.backend, endpoint)
         self.frontend.send(SUBSCRIBE_ALL)
         for upstream in config.upstreams:
-            self.frontend.connect(upstream["publisher"])
+            connect(self.frontend, upstream["publisher"])
         self._thread = threading.Thread(target=self._run, name="feedsvc-relay-proxy", daemon=True)
         self.error: str | None = None
 

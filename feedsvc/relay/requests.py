@@ -79,6 +79,7 @@ class RequestForwarder:
         kind: str,
         bind: Callable[[zmq.Socket], None],
         upstream: str,
+        connect: Callable[[zmq.Socket, str], None],
         timeout_s: float,
         max_pending: int,
         clock: Callable[[], float] = time.monotonic,
@@ -103,7 +104,7 @@ class RequestForwarder:
             # No connection, no queue: a request finds out at once that the upstream is down.
             self.back.setsockopt(zmq.IMMEDIATE, 1)
             self.back.setsockopt(zmq.SNDHWM, max_pending)
-            self.back.connect(upstream)
+            connect(self.back, upstream)
         # key -> (deadline, client route, the client's request id or None); oldest first.
         self._pending: collections.OrderedDict[bytes, tuple[float, list[bytes], Any]] = (
             collections.OrderedDict()

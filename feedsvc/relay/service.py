@@ -18,10 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from feedsvc.config import Config
+from feedsvc.config import Config, ConfigError, RelayConfig
+from feedsvc.curve import CurveClientKeys, CurveServer, load_key_pair, load_public_key
+from feedsvc.curve import connect as curve_connect
 from feedsvc.protocol.ticks import HEARTBEAT_TOPIC, TOPIC_DELIMITER
 from feedsvc.relay.forwarder import ProxyStatistics, TickForwarder, set_zmtp_heartbeats
 from feedsvc.relay.requests import KIND_RECOVERY, KIND_SYNC, RequestForwarder
+from feedsvc.server.access import PeerAuthenticator, zap_domain
 from feedsvc.server.observe.http import BoundedHttpServer, Response
 from feedsvc.server.sockets import bind_endpoint
 
@@ -30,6 +33,8 @@ log = logging.getLogger("feedsvc.relay")
 POLL_MS: Final = 100
 STATISTICS_INTERVAL_S: Final = 1.0
 SERVING_LINE: Final = "relay serving"
+# The relay's sockets share one ZAP domain: Curve's allow-list is the same for all of them.
+ZAP_SOCKET_NAME: Final = "relay"
 _HEARTBEAT_PREFIX: Final = HEARTBEAT_TOPIC.encode() + TOPIC_DELIMITER
 
 
@@ -63,6 +68,9 @@ class Relay:
         self.statistics = ProxyStatistics()
         self.subscribers_connected = 0
         self.http: BoundedHttpServer | None = None
+        self._upstream_keys: CurveClientKeys | None = None
+        self._authenticator: PeerAuthenticator | None = None
+        self._curve: CurveServer | None = None
         self._registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self._registry)
         self._registry.register(_RelayCollector(self))
@@ -70,8 +78,11 @@ class Relay:
     def start(self) -> None:
         """Bind and connect everything; raises StartupError with one line."""
         relay = self.relay
+        self._upstream_keys = upstream_keys(relay)
+        if self.config.curve.enabled:
+            self._start_curve_server()
         try:
-            self.forwarder = TickForwarder(self._context, relay, self.config.ipc.mode)
+            self.forwarder = TickForwarder(self._context, relay, self._bind, self._connect)
             for kind, endpoint, upstream_key in (
                 (KIND_SYNC, relay.sync_endpoint, "sync"),
                 (KIND_RECOVERY, relay.recovery_endpoint, "recovery"),
@@ -83,6 +94,7 @@ class Relay:
                             kind,
                             lambda socket, endpoint=endpoint: self._bind(socket, endpoint),
                             _first_upstream(relay.upstreams, upstream_key),
+                            self._connect,
                             relay.request_timeout_s,
                             relay.max_pending_requests,
                         )
@@ -95,7 +107,7 @@ class Relay:
             watcher.setsockopt(zmq.LINGER, 0)
             watcher.setsockopt(zmq.SUBSCRIBE, _HEARTBEAT_PREFIX)
             set_zmtp_heartbeats(watcher)
-            watcher.connect(upstream.publisher)
+            self._connect(watcher, upstream.publisher)
             self._watchers.append(watcher)
         if relay.metrics_port:
             try:
@@ -117,10 +129,31 @@ class Relay:
             self.http.port if self.http is not None else "off",
         )
 
+    def _start_curve_server(self) -> None:
+        """Curve on the relay's own tcp endpoints (the curve section), as `serve` does."""
+        domain = zap_domain(ZAP_SOCKET_NAME)
+        self._authenticator = PeerAuthenticator(self._context, {domain: ()})
+        self._authenticator.start()
+        curve = self.config.curve
+        try:
+            self._curve = CurveServer(
+                self._authenticator, curve.server_secret, curve.authorized_keys, (domain,)
+            )
+        except ValueError as error:
+            raise StartupError(f"curve: {error}") from None
+
     def _bind(self, socket: zmq.Socket, endpoint: str) -> None:
         bind_endpoint(
-            socket, "relay", endpoint, ipc_mode=self.config.ipc.mode, curve=None, uses_zap=False
+            socket,
+            ZAP_SOCKET_NAME,
+            endpoint,
+            ipc_mode=self.config.ipc.mode,
+            curve=self._curve,
+            uses_zap=self._authenticator is not None,
         )
+
+    def _connect(self, socket: zmq.Socket, endpoint: str) -> None:
+        curve_connect(socket, endpoint, self._upstream_keys)
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -162,6 +195,9 @@ class Relay:
             self.http.close()
             self.http = None
         self._close_sockets()
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         self._context.term()
         log.info("relay stopped")
 
@@ -237,6 +273,27 @@ class Relay:
             code, document = self.health()
             return code, "application/json", orjson.dumps(document)
         return 404, "text/plain", b"try /metrics or /healthz\n"
+
+
+def upstream_keys(relay: RelayConfig) -> CurveClientKeys | None:
+    """The Curve keys for tcp upstreams, or None without them.
+
+    Raises
+    ------
+    ConfigError
+        naming the key whose file is unusable.
+    """
+    if not relay.upstream_server_key:
+        return None
+    try:
+        server_public = load_public_key(relay.upstream_server_key)
+    except ValueError as error:
+        raise ConfigError("relay.upstream_server_key", str(error)) from None
+    try:
+        client_public, client_secret = load_key_pair(relay.upstream_client_cert)
+    except ValueError as error:
+        raise ConfigError("relay.upstream_client_cert", str(error)) from None
+    return CurveClientKeys(server_public, client_public, client_secret)
 
 
 def _first_upstream(upstreams: list[dict[str, Any]], key: str) -> str:

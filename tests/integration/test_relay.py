@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,9 @@ import pytest
 import zmq
 
 from feedsvc.bench.procs import free_tcp_port, kill_process
+from feedsvc.client import Subscriber
+from feedsvc.curve import CurveClientKeys, create_key_pair
+from feedsvc.curve import connect as curve_connect
 from feedsvc.protocol.recovery import ERROR_UPSTREAM_UNAVAILABLE
 from tests.conftest import http_get, wait_for
 from tests.integration.hosts import Hosts
@@ -434,3 +438,93 @@ def _health(port: int) -> dict[str, Any]:
     except OSError:
         return {}
     return orjson.loads(body)
+
+
+def test_curve_on_both_sides_of_the_relay(
+    serve: Callable[..., Any], processes: Processes, tmp_path: Path, zmq_context: zmq.Context
+) -> None:
+    """A Curve publisher lets the relay in by its key; the relay's own endpoints let in only
+    its listed clients: alice receives, syncs and recovers through it, a stranger gets nothing."""
+    keys, publisher_clients, relay_clients = (tmp_path / name for name in ("k", "pa", "ra"))
+    for folder in (keys, publisher_clients, relay_clients):
+        folder.mkdir()
+    for name in ("server", "relay-server", "relay", "alice", "mallory"):
+        create_key_pair(keys, name)
+    shutil.copy(keys / "relay.key", publisher_clients)
+    shutil.copy(keys / "alice.key", relay_clients)
+    publish, sync, recovery = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3))
+    upstream = serve(
+        f"publisher.endpoints=[{publish}]",
+        f"sync.endpoint={sync}",
+        f"recovery.endpoint={recovery}",
+        "ingest.endpoint=",
+        "metrics.port=0",
+        "kafka.enabled=false",
+        "publisher.heartbeat_interval_s=0.1",
+        "synthetic.rate=1000",
+        "curve.enabled=true",
+        f"curve.server_secret={keys / 'server.key_secret'}",
+        f"curve.authorized_keys={publisher_clients}",
+    )
+    upstream.wait_until_serving()
+    relay_publish, relay_sync, relay_recovery = (
+        f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3)
+    )
+    metrics_port = free_tcp_port()
+    settings = [
+        f"relay.upstreams=[{{publisher: '{publish}', sync: '{sync}', recovery: '{recovery}'}}]",
+        f"relay.endpoints=[{relay_publish}]",
+        f"relay.sync_endpoint={relay_sync}",
+        f"relay.recovery_endpoint={relay_recovery}",
+        f"relay.metrics_port={metrics_port}",
+        f"relay.upstream_server_key={keys / 'server.key'}",
+        f"relay.upstream_client_cert={keys / 'relay.key_secret'}",
+        "curve.enabled=true",
+        f"curve.server_secret={keys / 'relay-server.key_secret'}",
+        f"curve.authorized_keys={relay_clients}",
+    ]
+    relay = processes.start("relay", feedsvc("relay", *_sets(settings)))
+    wait_for(
+        lambda: _health(metrics_port).get("status") == "ok",
+        20,
+        "the relay hears the Curve publisher",
+        lambda: processes.log("relay"),
+    )
+    alice = CurveClientKeys.from_files(keys / "relay-server.key", keys / "alice.key_secret")
+    mallory = CurveClientKeys.from_files(keys / "relay-server.key", keys / "mallory.key_secret")
+    with Subscriber(
+        relay_publish,
+        symbols=["SYN0001"],
+        sync_endpoint=relay_sync,
+        recovery_endpoint=relay_recovery,
+        curve=alice,
+    ) as subscriber:
+        ticks = [subscriber.recv(timeout=10) for _ in range(5)]
+        assert all(tick is not None for tick in ticks), processes.log("relay")
+        assert subscriber.stats.syncs == 1
+    stranger = zmq_context.socket(zmq.SUB)
+    stranger.setsockopt(zmq.LINGER, 0)
+    stranger.setsockopt(zmq.SUBSCRIBE, b"")
+    curve_connect(stranger, relay_publish, mallory)
+    assert not stranger.poll(1_500)
+    stranger.close()
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait(timeout=10) == 0
+
+
+def test_a_relay_key_file_that_is_missing_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    create_key_pair(tmp_path, "server")
+    result = subprocess.run(
+        feedsvc(
+            "relay",
+            "--set",
+            f"relay.upstream_server_key={tmp_path / 'server.key'}",
+            "--set",
+            f"relay.upstream_client_cert={tmp_path / 'absent.key_secret'}",
+        ),
+        capture_output=True,
+        timeout=30,
+    )
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1
+    assert "relay.upstream_client_cert" in lines[0], lines

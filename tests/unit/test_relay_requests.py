@@ -71,6 +71,7 @@ class Rig:
             kind,
             lambda socket: socket.bind(self.front_endpoint),
             upstream_endpoint,
+            lambda socket, endpoint: socket.connect(endpoint),
             timeout_s=2.0,
             max_pending=max_pending,
             clock=self.clock,
