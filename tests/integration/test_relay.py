@@ -32,7 +32,7 @@ from feedsvc.curve import CurveClientKeys, create_key_pair
 from feedsvc.curve import connect as curve_connect
 from feedsvc.protocol.recovery import ERROR_UPSTREAM_UNAVAILABLE
 from tests.conftest import http_get, wait_for
-from tests.integration.hosts import Hosts
+from tests.integration.netns import Hosts
 
 HERE = Path(__file__).parent
 PUBLISH_PORT, SYNC_PORT, RECOVERY_PORT = 5556, 5558, 5559
