@@ -12,7 +12,10 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from feedsvc.config import Config
 
 # Bad config or arguments: the exit code argparse itself uses for a usage error.
 EXIT_USAGE: Final = 2
@@ -52,6 +55,19 @@ COMMANDS: Final = {
         "add_keygen_arguments",
     ),
 }
+
+
+def raise_if_curve_files_unusable(config: Config) -> None:
+    """With curve.enabled, raise ConfigError naming the first unusable key file: a server never
+    starts with Curve half set up."""
+    from feedsvc.config import ConfigError
+    from feedsvc.curve import key_files_problem
+
+    curve = config.curve
+    if curve.enabled:
+        problem = key_files_problem(curve.server_secret, curve.authorized_keys)
+        if problem is not None:
+            raise ConfigError(*problem)
 
 
 def stop_on_signals(request_stop: Callable[[], None]) -> None:

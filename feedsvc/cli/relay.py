@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from feedsvc.cli import EXIT_USAGE, stop_on_signals
+from feedsvc.cli import EXIT_USAGE, raise_if_curve_files_unusable, stop_on_signals
 from feedsvc.config import ConfigError, load_config
-from feedsvc.curve import key_files_problem
 from feedsvc.logs import setup_logging
 from feedsvc.relay.service import Relay, StartupError, upstream_keys
 
@@ -34,10 +33,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.set)
         upstream_keys(config.relay)
-        if config.curve.enabled:
-            problem = key_files_problem(config.curve.server_secret, config.curve.authorized_keys)
-            if problem is not None:
-                raise ConfigError(*problem)
+        raise_if_curve_files_unusable(config)
     except ConfigError as error:
         print(f"feedsvc: config error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from feedsvc.cli import EXIT_USAGE, stop_on_signals
+from feedsvc.cli import EXIT_USAGE, raise_if_curve_files_unusable, stop_on_signals
 from feedsvc.config import ConfigError, load_config
-from feedsvc.curve import key_files_problem
 from feedsvc.logs import setup_logging
 from feedsvc.server.collector import settle_after_start
 from feedsvc.server.service import Service, StartupError
@@ -53,10 +52,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """`feedsvc serve`: load and check the config, start the service, run it until a signal."""
     try:
         config = load_config(args.config, args.set)
-        if config.curve.enabled:
-            problem = key_files_problem(config.curve.server_secret, config.curve.authorized_keys)
-            if problem is not None:
-                raise ConfigError(*problem)
+        raise_if_curve_files_unusable(config)
     except ConfigError as error:
         print(f"feedsvc: config error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -352,18 +352,7 @@ def test_hostile_requests_to_the_relay_do_not_stop_it_serving_a_real_client(
     """Garbage, oversized and malformed frames from many peers at the relay's recovery and sync
     endpoints, while a real client recovers through it: the client is answered, the relay
     stays up and healthy, and nothing malformed reaches the upstream as a request."""
-    publish, sync, recovery = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3))
-    upstream = serve(
-        f"publisher.endpoints=[{publish}]",
-        f"sync.endpoint={sync}",
-        f"recovery.endpoint={recovery}",
-        "ingest.endpoint=",
-        "metrics.port=0",
-        "kafka.enabled=false",
-        "publisher.heartbeat_interval_s=0.1",
-        "synthetic.rate=1000",
-    )
-    upstream.wait_until_serving()
+    publish, sync, recovery = start_loopback_upstream(serve)
     metrics_port = free_tcp_port()
     relay_publish, relay_sync, relay_recovery = (
         f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3)
@@ -432,6 +421,24 @@ def test_hostile_requests_to_the_relay_do_not_stop_it_serving_a_real_client(
         socket.close(linger=0)
 
 
+def start_loopback_upstream(serve: Callable[..., Any], *extra: str) -> tuple[str, str, str]:
+    """A `feedsvc serve` on loopback for a relay: its (publisher, sync, recovery) endpoints."""
+    publish, sync, recovery = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3))
+    upstream = serve(
+        f"publisher.endpoints=[{publish}]",
+        f"sync.endpoint={sync}",
+        f"recovery.endpoint={recovery}",
+        "ingest.endpoint=",
+        "metrics.port=0",
+        "kafka.enabled=false",
+        "publisher.heartbeat_interval_s=0.1",
+        "synthetic.rate=1000",
+        *extra,
+    )
+    upstream.wait_until_serving()
+    return publish, sync, recovery
+
+
 def _health(port: int) -> dict[str, Any]:
     try:
         _status, body = http_get(port, "/healthz")
@@ -452,21 +459,12 @@ def test_curve_on_both_sides_of_the_relay(
         create_key_pair(keys, name)
     shutil.copy(keys / "relay.key", publisher_clients)
     shutil.copy(keys / "alice.key", relay_clients)
-    publish, sync, recovery = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3))
-    upstream = serve(
-        f"publisher.endpoints=[{publish}]",
-        f"sync.endpoint={sync}",
-        f"recovery.endpoint={recovery}",
-        "ingest.endpoint=",
-        "metrics.port=0",
-        "kafka.enabled=false",
-        "publisher.heartbeat_interval_s=0.1",
-        "synthetic.rate=1000",
+    publish, sync, recovery = start_loopback_upstream(
+        serve,
         "curve.enabled=true",
         f"curve.server_secret={keys / 'server.key_secret'}",
         f"curve.authorized_keys={publisher_clients}",
     )
-    upstream.wait_until_serving()
     relay_publish, relay_sync, relay_recovery = (
         f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3)
     )
