@@ -304,7 +304,7 @@ class RelayConfig:
     upstream_server_key: str = _setting("")
     upstream_client_cert: str = _setting("")
     # Its own /metrics and /healthz on metrics_host:metrics_port; 0 = no metrics server.
-    metrics_port: int = _setting(9109, minimum=0, maximum=65_535)
+    metrics_port: int = _setting(9110, minimum=0, maximum=65_535)
     metrics_host: str = _setting("127.0.0.1")
 
     def __post_init__(self) -> None:
