@@ -21,6 +21,7 @@ from typing import Final
 import zmq
 
 from feedsvc.config import RelayConfig
+from feedsvc.server.sockets import PUBLISHER_MAX_MESSAGE_BYTES, PUBLISHER_MAX_MESSAGE_BYTES_CURVE
 
 # libzmq's subscribe command on an XSUB: byte 1, then the prefix (empty: everything).
 SUBSCRIBE_ALL: Final = b"\x01"
@@ -62,6 +63,7 @@ class TickForwarder:
         config: RelayConfig,
         bind: Callable[[zmq.Socket, str], None],
         connect: Callable[[zmq.Socket, str], None],
+        curve: bool = False,
     ) -> None:
         self._context = context
         self.frontend = context.socket(zmq.XSUB)
@@ -73,6 +75,13 @@ class TickForwarder:
         if config.sndbuf:
             self.backend.setsockopt(zmq.SNDBUF, config.sndbuf)
         self.backend.setsockopt(zmq.LINGER, 0)
+        # Clients only send subscriptions: a larger message disconnects its sender, as at the
+        # publisher. (Their number is not bounded here: a PUB does not show them; see
+        # docs/relay.md.)
+        self.backend.setsockopt(
+            zmq.MAXMSGSIZE,
+            PUBLISHER_MAX_MESSAGE_BYTES_CURVE if curve else PUBLISHER_MAX_MESSAGE_BYTES,
+        )
         set_zmtp_heartbeats(self.backend)
         # Accepted / disconnected events count the relay's clients (read by the main thread).
         self.backend_monitor = self.backend.get_monitor_socket(

@@ -82,7 +82,9 @@ class Relay:
         if self.config.curve.enabled:
             self._start_curve_server()
         try:
-            self.forwarder = TickForwarder(self._context, relay, self._bind, self._connect)
+            self.forwarder = TickForwarder(
+                self._context, relay, self._bind, self._connect, curve=self._curve is not None
+            )
             for kind, endpoint, upstream_key in (
                 (KIND_SYNC, relay.sync_endpoint, "sync"),
                 (KIND_RECOVERY, relay.recovery_endpoint, "recovery"),

@@ -387,8 +387,14 @@ def test_hostile_requests_to_the_relay_do_not_stop_it_serving_a_real_client(
             attacker.setsockopt(zmq.LINGER, 0)
             attacker.connect(endpoint)
             attackers.append(attacker)
+    # A subscription far longer than any topic: libzmq drops that subscriber (ZMQ_MAXMSGSIZE).
+    greedy = zmq_context.socket(zmq.SUB)
+    greedy.setsockopt(zmq.LINGER, 0)
+    greedy.setsockopt(zmq.SUBSCRIBE, b"X" * 4_000)
+    greedy.connect(relay_publish)
+    attackers.append(greedy)
     for _round in range(20):
-        for attacker in attackers:
+        for attacker in attackers[:-1]:
             for frames in hostile_frames:
                 attacker.send_multipart(frames, zmq.NOBLOCK)
     # A real client, through the relay only: learns the epoch from a heartbeat, then recovers.
