@@ -46,5 +46,5 @@ def run_from_args(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     stop_on_signals(relay.request_stop)
-    relay.run()
-    return 0
+    # 1: the proxy stopped by itself (logged), so a supervisor restarts the relay.
+    return 0 if relay.run() else 1

@@ -160,7 +160,9 @@ class Relay:
     def request_stop(self) -> None:
         self._stop_requested = True
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Forward until `request_stop()`; False if the proxy stopped by itself (a failure the
+        process must report by its exit code)."""
         forwarder = self.forwarder
         assert forwarder is not None, "start() first"
         poller = zmq.Poller()
@@ -188,7 +190,8 @@ class Relay:
                     self.statistics = forwarder.statistics() or self.statistics
                     if not forwarder.alive():
                         log.error("the relay's proxy stopped (%s); exiting", forwarder.error)
-                        return
+                        return False
+            return True
         finally:
             self.close()
 
