@@ -353,23 +353,8 @@ def test_hostile_requests_to_the_relay_do_not_stop_it_serving_a_real_client(
     endpoints, while a real client recovers through it: the client is answered, the relay
     stays up and healthy, and nothing malformed reaches the upstream as a request."""
     publish, sync, recovery = start_loopback_upstream(serve)
-    metrics_port = free_tcp_port()
-    relay_publish, relay_sync, relay_recovery = (
-        f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3)
-    )
-    settings = [
-        f"relay.upstreams=[{{publisher: '{publish}', sync: '{sync}', recovery: '{recovery}'}}]",
-        f"relay.endpoints=[{relay_publish}]",
-        f"relay.sync_endpoint={relay_sync}",
-        f"relay.recovery_endpoint={relay_recovery}",
-        f"relay.metrics_port={metrics_port}",
-    ]
-    relay = processes.start("relay", feedsvc("relay", *_sets(settings)))
-    wait_for(
-        lambda: _health(metrics_port).get("status") == "ok",
-        20,
-        "relay up",
-        lambda: processes.log("relay"),
+    relay, (relay_publish, relay_sync, relay_recovery), metrics_port = start_loopback_relay(
+        processes, (publish, sync, recovery)
     )
     hostile_frames: list[list[bytes]] = [
         [b"\xff\xfe garbage"],
@@ -445,6 +430,34 @@ def start_loopback_upstream(serve: Callable[..., Any], *extra: str) -> tuple[str
     return publish, sync, recovery
 
 
+def start_loopback_relay(
+    processes: Processes, upstream: tuple[str, str, str], *extra: str
+) -> tuple[subprocess.Popen[bytes], tuple[str, str, str], int]:
+    """A `feedsvc relay` on loopback in front of `upstream` (publisher, sync, recovery), once
+    its /healthz says ok: (process, its (publisher, sync, recovery) endpoints, metrics port)."""
+    publish, sync, recovery = upstream
+    endpoints = relay_publish, relay_sync, relay_recovery = tuple(
+        f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3)
+    )
+    metrics_port = free_tcp_port()
+    settings = [
+        f"relay.upstreams=[{{publisher: '{publish}', sync: '{sync}', recovery: '{recovery}'}}]",
+        f"relay.endpoints=[{relay_publish}]",
+        f"relay.sync_endpoint={relay_sync}",
+        f"relay.recovery_endpoint={relay_recovery}",
+        f"relay.metrics_port={metrics_port}",
+        *extra,
+    ]
+    relay = processes.start("relay", feedsvc("relay", *_sets(settings)))
+    wait_for(
+        lambda: _health(metrics_port).get("status") == "ok",
+        20,
+        "the relay up and hearing its upstream",
+        lambda: processes.log("relay"),
+    )
+    return relay, endpoints, metrics_port
+
+
 def _health(port: int) -> dict[str, Any]:
     try:
         _status, body = http_get(port, "/healthz")
@@ -471,28 +484,14 @@ def test_curve_on_both_sides_of_the_relay(
         f"curve.server_secret={keys / 'server.key_secret'}",
         f"curve.authorized_keys={publisher_clients}",
     )
-    relay_publish, relay_sync, relay_recovery = (
-        f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(3)
-    )
-    metrics_port = free_tcp_port()
-    settings = [
-        f"relay.upstreams=[{{publisher: '{publish}', sync: '{sync}', recovery: '{recovery}'}}]",
-        f"relay.endpoints=[{relay_publish}]",
-        f"relay.sync_endpoint={relay_sync}",
-        f"relay.recovery_endpoint={relay_recovery}",
-        f"relay.metrics_port={metrics_port}",
+    relay, (relay_publish, relay_sync, relay_recovery), _ = start_loopback_relay(
+        processes,
+        (publish, sync, recovery),
         f"relay.upstream_server_key={keys / 'server.key'}",
         f"relay.upstream_client_cert={keys / 'relay.key_secret'}",
         "curve.enabled=true",
         f"curve.server_secret={keys / 'relay-server.key_secret'}",
         f"curve.authorized_keys={relay_clients}",
-    ]
-    relay = processes.start("relay", feedsvc("relay", *_sets(settings)))
-    wait_for(
-        lambda: _health(metrics_port).get("status") == "ok",
-        20,
-        "the relay hears the Curve publisher",
-        lambda: processes.log("relay"),
     )
     alice = CurveClientKeys.from_files(keys / "relay-server.key", keys / "alice.key_secret")
     mallory = CurveClientKeys.from_files(keys / "relay-server.key", keys / "mallory.key_secret")
