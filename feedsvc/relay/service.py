@@ -26,6 +26,7 @@ from feedsvc.relay.forwarder import ProxyStatistics, TickForwarder, set_zmtp_hea
 from feedsvc.relay.requests import KIND_RECOVERY, KIND_SYNC, RequestForwarder
 from feedsvc.server.access import PeerAuthenticator, zap_domain
 from feedsvc.server.observe.http import BoundedHttpServer, Response
+from feedsvc.server.observe.metrics import HttpServerCollector
 from feedsvc.server.sockets import bind_endpoint
 
 log = logging.getLogger("feedsvc.relay")
@@ -121,6 +122,8 @@ class Relay:
                 raise StartupError(
                     f"relay.metrics_port: cannot listen on {relay.metrics_port}: {error.strerror}"
                 ) from None
+            # The HTTP server's own refusals (slow, oversized, garbage requests), as serve's.
+            self._registry.register(HttpServerCollector(self.http))
             self.http.start()
         self.forwarder.start()
         log.info(

@@ -15,6 +15,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -408,8 +410,8 @@ def test_hostile_requests_to_the_relay_do_not_stop_it_serving_a_real_client(
         rb'feedsvc_relay_requests_total\{kind="recovery",outcome="refused"\} (\S+)', metrics
     )
     assert refused is not None and float(refused.group(1)) > 0
-    for socket in (*attackers, probe, client):
-        socket.close(linger=0)
+    for peer in (*attackers, probe, client):
+        peer.close(linger=0)
 
 
 def start_loopback_upstream(serve: Callable[..., Any], *extra: str) -> tuple[str, str, str]:
@@ -531,3 +533,52 @@ def test_a_relay_key_file_that_is_missing_is_a_config_error_naming_the_key(tmp_p
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1
     assert "relay.upstream_client_cert" in lines[0], lines
+
+
+def test_hostile_http_clients_on_the_relays_metrics_port_do_not_stop_it(
+    serve: Callable[..., Any], processes: Processes, zmq_context: zmq.Context
+) -> None:
+    """Garbage, oversized heads, resets and held-open half requests on /metrics and /healthz:
+    refused and counted by the relay's bounded HTTP server, while ticks keep flowing through
+    the relay and /healthz still answers."""
+    upstream = start_loopback_upstream(serve)
+    relay, (relay_publish, _, _), metrics_port = start_loopback_relay(processes, upstream)
+    probe = zmq_context.socket(zmq.SUB)
+    probe.setsockopt(zmq.LINGER, 0)
+    probe.setsockopt(zmq.SUBSCRIBE, b"SYN")
+    probe.connect(relay_publish)
+    assert probe.poll(20_000), processes.log("relay")
+    garbage = os.urandom(20_000).replace(b"\r", b"?")
+    held: list[socket.socket] = []
+    try:
+        for kind in ("garbage", "too_large", "reset", "slow") * 10:
+            peer = socket.create_connection(("127.0.0.1", metrics_port), timeout=5)
+            if kind == "garbage":
+                peer.sendall(b"\x16\x03\x01 not http\r\n\r\n" + garbage)
+            elif kind == "too_large":
+                peer.sendall(garbage)  # a head that never ends
+            elif kind == "reset":
+                peer.sendall(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                peer.sendall(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nX-Slow: a")
+                held.append(peer)
+                continue
+            peer.close()
+        status, body = http_get(metrics_port, "/healthz")
+        assert status == 200 and orjson.loads(body)["status"] == "ok"
+        while probe.poll(0):  # what arrived during the attack
+            probe.recv()
+        assert probe.poll(5_000), "no tick through the relay after the attack"
+        _status, metrics = http_get(metrics_port, "/metrics")
+        refused = re.findall(
+            rb'feedsvc_http_requests_rejected_total\{reason="(\w+)"\} (\S+)', metrics
+        )
+        assert sum(float(count) for _reason, count in refused) > 0, metrics
+        assert relay.poll() is None
+    finally:
+        for peer in held:
+            peer.close()
+        probe.close()
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait(timeout=10) == 0
