@@ -5,6 +5,7 @@ live while it restarts the tiers around it; the last line has "final": true.
 
 A tick counts as out of order when its seq is not the last one of its (symbol, epoch) plus 1;
 the first tick of a (symbol, epoch) is the start (the snapshot's, or a new epoch's).
+"recovering" is true while the client holds ticks of some symbol for a recovery under way.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def _write(
         "delivered_by_epoch": {str(epoch): count for epoch, count in delivered_by_epoch.items()},
         "dead_events": dead_events,
         "last_tick_at": last_tick_at,
+        # A recovery under way: its ticks can only come from the upstream that has them now.
+        "recovering": subscriber.recovering,
         "stats": dataclasses.asdict(subscriber.stats),
         "final": final,
     }

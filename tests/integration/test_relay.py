@@ -180,6 +180,14 @@ def receiving_since(path: Path, since: float) -> Callable[[], bool]:
     return check
 
 
+def settled_since(path: Path, since: float) -> Callable[[], bool]:
+    """True once the client delivered a tick after `since` and has no recovery under way: the
+    point to disturb the next tier. (Restarting the upstream while a recovery waits would lose
+    that recovery's ticks for real: the new upstream never had them.)"""
+    receiving = receiving_since(path, since)
+    return lambda: receiving() and latest(path).get("recovering") is False
+
+
 def test_the_relays_stream_is_the_publishers_frame_for_frame(
     hosts: Hosts, processes: Processes, tmp_path: Path
 ) -> None:
@@ -269,6 +277,7 @@ def test_a_client_behind_the_relay_rides_out_relay_and_upstream_restarts_and_a_c
     processes.start("relay", relay_command(hosts))
     wait_for(receiving_since(out, restarted_at), 15, "ticks after the relay restart", details)
     wait_for(lambda: latest(out)["stats"]["recovered"] > 0, 15, "missed ticks recovered", details)
+    wait_for(settled_since(out, restarted_at), 15, "recoveries finished", details)
 
     # 2. The link between relay and clients is cut for 2.5 s: the client sees the feed dead (no
     # heartbeat), then alive again when the link returns.
@@ -279,6 +288,7 @@ def test_a_client_behind_the_relay_rides_out_relay_and_upstream_restarts_and_a_c
     back_at = time.monotonic()
     wait_for(lambda: latest(out)["dead_events"] > dead_before, 5, "dead feed noticed", details)
     wait_for(receiving_since(out, back_at), 20, "ticks after the link came back", details)
+    wait_for(settled_since(out, back_at), 15, "recoveries finished", details)
 
     # 3. The upstream restarts (a new epoch): the client resyncs through the relay.
     serve.send_signal(signal.SIGTERM)
