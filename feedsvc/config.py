@@ -19,6 +19,7 @@ from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from feedsvc.protocol.ticks import SHARD_PATTERN, symbol_problem
 from feedsvc.secret_refs import secret_problem
 
 ENDPOINT_SCHEMES = ("ipc://", "tcp://")
@@ -115,6 +116,19 @@ def _check_networks(values: list[str]) -> str | None:
     return None
 
 
+def _check_shard(value: str) -> str | None:
+    if SHARD_PATTERN.fullmatch(value) is None:
+        return f"{_shown(value)} must be 0 to 64 characters of [0-9A-Za-z_.-]"
+    return None
+
+
+def _check_symbol_prefix(value: str) -> str | None:
+    problem = symbol_problem(value)
+    if problem is not None or len(value) > 16:
+        return f"{_shown(value)} must be 1 to 16 characters a symbol may start with"
+    return None
+
+
 def _check_log_level(value: str) -> str | None:
     levels = ("DEBUG", "INFO", "WARNING", "ERROR")
     return None if value.upper() in levels else f"must be one of {', '.join(levels)}"
@@ -164,6 +178,9 @@ class PublisherConfig:
     max_subscription_bytes: int = _setting(1_048_576, minimum=1_024)
     # tcp peers accepted only from these networks (CIDR); [] = any address.
     allowed_networks: list[str] = _setting([], check=_check_networks)
+    # This publisher's name among several behind one relay (its heartbeats and sync replies carry
+    # it, so a client follows each shard's epoch); "" = the only publisher.
+    shard: str = _setting("", check=_check_shard)
 
 
 @dataclass(frozen=True)
@@ -321,6 +338,8 @@ class SyntheticConfig:
     rate: float = _setting(1_000.0, minimum=0.0)
     # Random seed for reproducible walks; 0 = a new walk every start.
     seed: int = _setting(0, minimum=0)
+    # Symbol names are this prefix and a number (SYN0000 ...); shards use distinct prefixes.
+    prefix: str = _setting("SYN", check=_check_symbol_prefix)
     # Market-open style spikes: burst_rate ticks/s for burst_duration_s out of every
     # burst_every_s, windows starting at multiples of burst_every_s on the Unix clock;
     # 0 = no bursts.

@@ -399,8 +399,8 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
 
     @property
     def epoch(self) -> int | None:
-        """The snapshot's epoch after the handshake, None before. After a publisher restart the
-        epoch followed is ``tracker.epoch``."""
+        """The snapshot's epoch after the handshake (with several shards, the first one's), None
+        before. After a publisher restart the epochs followed are ``tracker.epoch_by_shard``."""
         return self._snapshot_epoch
 
     def close(self) -> None:
@@ -443,8 +443,8 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
         """
         try:
             tick = orjson.loads(frame[frame.index(b" ") + 1 :])
-            if skipped and tick["epoch"] == self.tracker.epoch:
-                self.tracker.skip(tick["sym"], skipped)
+            if skipped:
+                self.tracker.skip(tick["sym"], skipped, tick["epoch"])
             event = self.tracker.observe(tick)
         except _MALFORMED_ERRORS:
             self.stats.malformed += 1
@@ -478,7 +478,7 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
                 self._count_gap(event.gap)
             return True
         if (
-            event.epoch == self._snapshot_epoch
+            event.epoch in self._snapshot_epochs
             and event.received_seq <= self._snapshot_seq_by_symbol.get(event.symbol, -1)
         ):
             stats.snapshot_overlap += 1
@@ -497,8 +497,9 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
     def _restarted(self, restart: Restart, resync: bool = True) -> None:
         self.stats.restarts += 1
         if self._recovering:
-            # The old epoch's ticks are not held any more: release what was held.
-            self._filler.give_up_all(GAVE_UP_RESTART)
+            # The old epoch's ticks are not held any more: release what was held of it (other
+            # shards' recoveries go on).
+            self._filler.give_up_all(GAVE_UP_RESTART, restart.old_epoch)
             self._pump_recovery()
         # A synced client syncs again in the new epoch: quiet symbols get their new value, and
         # the snapshot is the new baseline. The next recv() runs it.
@@ -513,7 +514,7 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
         try:
             heartbeat = orjson.loads(frame[len(_HEARTBEAT_PREFIX) :])
             interval_s = heartbeat["interval_s"]
-            restart = self.tracker.observe_epoch(heartbeat["epoch"])
+            restart = self.tracker.observe_epoch(heartbeat["epoch"], heartbeat.get("shard", ""))
         except _MALFORMED_ERRORS:
             self.stats.malformed += 1
             return

@@ -94,25 +94,36 @@ class SyncError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SyncSnapshot:
-    """A checked snapshot reply: the epoch and, per symbol, ``{"seq": int, "tick": Tick | None}``
-    in the order the service sent them (only symbols this subscriber receives)."""
+    """A checked snapshot reply: the epoch and, per symbol, ``{"seq": int, "tick": Tick | None,
+    "epoch": int}`` in the order the service sent them (only symbols this subscriber receives).
+
+    From one publisher, `epoch_by_shard` is its one shard and epoch; through a relay in front of
+    several (shards), one entry per shard, and each symbol's entry says its epoch.
+    """
 
     epoch: int
     entries: dict[str, dict[str, Any]]
+    epoch_by_shard: dict[str, int]
 
-    def apply(self, tracker: SequenceTracker) -> tuple[list[Tick], Restart | None]:
+    def apply(self, tracker: SequenceTracker) -> tuple[list[Tick], list[Restart]]:
         """Make every symbol's snapshot seq its baseline in `tracker` (seq + 1 comes next).
 
         Returns
         -------
         The snapshot's ticks to deliver before any other, in snapshot order, symbols without a
-        tick skipped; and the Restart if `tracker` was following another epoch.
+        tick skipped; and a Restart for each shard `tracker` was following in another epoch.
         """
-        restart = tracker.observe_epoch(self.epoch)
+        restarts = [
+            restart
+            for shard, epoch in self.epoch_by_shard.items()
+            if (restart := tracker.observe_epoch(epoch, shard)) is not None
+        ]
+        shard_by_epoch = {epoch: shard for shard, epoch in self.epoch_by_shard.items()}
         for symbol, entry in self.entries.items():
-            tracker.set_baseline(symbol, self.epoch, entry["seq"])
+            epoch = entry["epoch"]
+            tracker.set_baseline(symbol, epoch, entry["seq"], shard_by_epoch[epoch])
         ticks = [entry["tick"] for entry in self.entries.values() if entry["tick"] is not None]
-        return ticks, restart
+        return ticks, restarts
 
 
 def new_sync_id() -> str:
@@ -182,6 +193,9 @@ class SyncHandshake:
         self._receives_everything = b"" in self._subscriptions
         self._marker_prefix = b""
         self._marker_seen = False
+        # Through a relay in front of several shards every shard sends the marker: the epochs
+        # of those seen (None for one without a readable epoch).
+        self._marker_epochs: set[int | None] = set()
         self._snapshot: SyncSnapshot | None = None
         self._failures_by_code = {SYNC_NO_REPLY: 0, SYNC_NO_MARKER: 0, SYNC_SERVICE_BUSY: 0}
 
@@ -212,6 +226,7 @@ class SyncHandshake:
         self.marker = new_sync_id()
         self._marker_prefix = topic_prefix(MARKER_TOPIC_PREFIX + self.marker)
         self._marker_seen = False
+        self._marker_epochs = set()
         self._snapshot = None
         self.state = self.AWAITING_REPLY
         request = {"op": "snapshot", "client": self.client, "marker": self.marker}
@@ -228,9 +243,16 @@ class SyncHandshake:
         if not frame.startswith(self._marker_prefix):
             return False
         self._marker_seen = True
-        if self.state == self.AWAITING_MARKER:
+        self._marker_epochs.add(_marker_epoch(frame[len(self._marker_prefix) :]))
+        if self.state == self.AWAITING_MARKER and self._all_markers_seen():
             self.state = self.SYNCED
         return True
+
+    def _all_markers_seen(self) -> bool:
+        """One marker from each shard of the snapshot (from one publisher: any marker)."""
+        assert self._snapshot is not None
+        epochs = self._snapshot.epoch_by_shard.values()
+        return self._marker_seen and (len(epochs) == 1 or self._marker_epochs.issuperset(epochs))
 
     def accept_reply(self, reply: bytes) -> None:
         """Check the reply to the snapshot request and keep its snapshot (not trusted until the
@@ -261,7 +283,7 @@ class SyncHandshake:
             self._snapshot = self._checked_snapshot(fields)
         except ValueError as error:
             raise self._fail_bad_reply(str(error)) from None
-        self.state = self.SYNCED if self._marker_seen else self.AWAITING_MARKER
+        self.state = self.SYNCED if self._all_markers_seen() else self.AWAITING_MARKER
 
     def attempt_failed(self) -> float:
         """The attempt got no reply, or no marker, in time.
@@ -355,13 +377,16 @@ class SyncHandshake:
         missing = [symbol for symbol in self.symbols or () if symbol not in entries_by_symbol]
         if missing:
             raise ValueError(f"it has no entry for requested symbols {missing[:5]}")
+        epoch_by_shard = _checked_epochs(fields, epoch)
+        epochs = set(epoch_by_shard.values())
         return SyncSnapshot(
             epoch,
             {
-                symbol: _checked_entry(symbol, entry, epoch)
+                symbol: _checked_entry(symbol, entry, epoch, epochs)
                 for symbol, entry in entries_by_symbol.items()
                 if self._receives(symbol)
             },
+            epoch_by_shard,
         )
 
     def _fail_refused(self, fields: dict[str, Any]) -> SyncError:
@@ -390,14 +415,45 @@ class SyncHandshake:
         )
 
 
-def _checked_entry(symbol: object, entry: object, epoch: int) -> dict[str, Any]:
-    """One snapshot entry as ``{"seq", "tick"}``; ValueError if it is not a valid one."""
+def _marker_epoch(payload: bytes) -> int | None:
+    try:
+        fields = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    epoch = fields.get("epoch") if isinstance(fields, dict) else None
+    return epoch if type(epoch) is int else None
+
+
+def _checked_epochs(fields: dict[str, Any], epoch: int) -> dict[str, int]:
+    """The reply's shard -> epoch: a relay's "epochs" for several shards, else its one shard."""
+    epochs = fields.get("epochs")
+    if epochs is None:
+        shard = fields.get("shard", "")
+        if not isinstance(shard, str):
+            raise ValueError(f"shard must be a string, got {shard!r}")
+        return {shard: epoch}
+    if (
+        not isinstance(epochs, dict)
+        or not epochs
+        or not all(isinstance(shard, str) and type(value) is int for shard, value in epochs.items())
+        or epoch not in epochs.values()
+    ):
+        raise ValueError(f"epochs must be an object of shard -> epoch with {epoch}")
+    return epochs
+
+
+def _checked_entry(
+    symbol: object, entry: object, reply_epoch: int, epochs: set[int]
+) -> dict[str, Any]:
+    """One snapshot entry as ``{"seq", "tick", "epoch"}``; ValueError if it is not a valid one."""
     problem = symbol_problem(symbol)
     if problem is not None:
         raise ValueError(f"snapshot symbol {str(symbol)[:80]!r} {problem}")
     if not isinstance(entry, dict):
         raise ValueError(f"the entry of {symbol!r} is not an object")
-    seq, tick = entry.get("seq"), entry.get("tick")
+    seq, tick, epoch = entry.get("seq"), entry.get("tick"), entry.get("epoch", reply_epoch)
+    if epoch not in epochs:
+        raise ValueError(f"the epoch of {symbol!r} is not one of the reply's, got {epoch!r}")
     if type(seq) is not int or seq < 0:
         raise ValueError(f"the seq of {symbol!r} must be an integer >= 0, got {seq!r}")
     # The tick must be the one the seq stands for, or the baseline would be off by some ticks.
@@ -409,4 +465,4 @@ def _checked_entry(symbol: object, entry: object, epoch: int) -> dict[str, Any]:
         and tick.get("epoch") == epoch
     ):
         raise ValueError(f"the tick of {symbol!r} is not its seq {seq} in epoch {epoch}")
-    return {"seq": seq, "tick": tick}
+    return {"seq": seq, "tick": tick, "epoch": epoch}

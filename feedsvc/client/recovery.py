@@ -141,10 +141,12 @@ class GapFiller:
         elif state.request is None:
             self._next_request(state)
 
-    def give_up_all(self, reason: str) -> None:
-        """Release every symbol now (a restart, a close): what is missing is reported."""
+    def give_up_all(self, reason: str, epoch: int | None = None) -> None:
+        """Release every symbol now (a close), or those recovered in `epoch` (its publisher
+        restarted): what is missing is reported."""
         for state in list(self.recovering.values()):
-            self._give_up(state, reason)
+            if epoch is None or state.epoch == epoch:
+                self._give_up(state, reason)
 
     def take_requests(self, now: float) -> Iterator[bytes]:
         """The requests to send now (new ones, Lazy Pirate re-sends); gives up ranges whose

@@ -90,6 +90,8 @@ class _SyncRunner:
         self._sync_frames: list[bytes] = []
         self._snapshot: dict[str, dict[str, Any]] | None = None
         self._snapshot_epoch: int | None = None
+        # Every epoch the snapshot covered (one per shard).
+        self._snapshot_epochs: frozenset[int] = frozenset()
         self._snapshot_seq_by_symbol: dict[str, int] = {}
 
     def _begin_sync(self) -> _SyncWait | None:
@@ -273,14 +275,15 @@ class _SyncRunner:
             self._finish_resync(snapshot)
             return
         self._snapshot, self._snapshot_epoch = snapshot.entries, snapshot.epoch
+        self._snapshot_epochs = frozenset(snapshot.epoch_by_shard.values())
         self._snapshot_seq_by_symbol = {
             symbol: entry["seq"] for symbol, entry in snapshot.entries.items()
         }
         # The marker came from the publisher: it is alive now.
         self._last_message_at = time.monotonic()
-        snapshot_ticks, restart = snapshot.apply(self.tracker)
+        snapshot_ticks, restarts = snapshot.apply(self.tracker)
         self.stats.syncs += 1
-        if restart is not None:
+        for restart in restarts:
             self._restarted(restart, resync=False)  # this snapshot is the new epoch's
         self.stats.snapshot_ticks += len(snapshot_ticks)
         frames, self._sync_frames = self._sync_frames, []
@@ -307,12 +310,19 @@ class _SyncRunner:
         frames, self._sync_frames = self._sync_frames, []
         ticks = [tick for tick in map(self._accept, frames) if tick is not None]
         tracker = self.tracker
-        if snapshot.epoch == tracker.epoch:
-            self._snapshot_epoch = snapshot.epoch
+        # Entries of an epoch not followed yet (another restart since the request) wait for
+        # that restart's own re-sync.
+        followed = [epoch for epoch in snapshot.epoch_by_shard.values() if tracker.follows(epoch)]
+        if followed:
+            self._snapshot_epoch, self._snapshot_epochs = followed[0], frozenset(followed)
             self._snapshot_seq_by_symbol = {}
             for symbol, entry in snapshot.entries.items():
                 tick = entry["tick"]
-                if tick is None or tracker.last_seq(symbol) is not None:
+                if (
+                    tick is None
+                    or entry["epoch"] not in self._snapshot_epochs
+                    or tracker.last_seq(symbol, entry["epoch"]) is not None
+                ):
                     continue
                 self._snapshot_seq_by_symbol[symbol] = entry["seq"]
                 event = tracker.observe(tick)

@@ -20,6 +20,10 @@ CONTROL_PREFIX: Final = "_"
 _TOPIC_DELIMITER_TEXT: Final = TOPIC_DELIMITER.decode()
 _isfinite: Final = math.isfinite
 HEARTBEAT_TOPIC: Final = "_hb"
+# A publisher's shard name (publisher.shard), in its heartbeats and sync replies: the stable name
+# a client follows one publisher's epochs by when several publish behind one relay. "" = unnamed
+# (one publisher).
+SHARD_PATTERN: Final = re.compile(r"[0-9A-Za-z_.-]{0,64}")
 
 REQUIRED_FIELDS: Final = ("sym", "bid", "ask", "bid_size", "ask_size")
 # Stamped by the publisher; values sent by a feed handler are overwritten.

@@ -66,8 +66,10 @@ class Publisher:
         max_tick_bytes: int = UNBOUNDED,
         max_cache_bytes: int = UNBOUNDED,
         window: RecoveryWindow | None = None,
+        shard: str = "",
     ) -> None:
         self.epoch = epoch
+        self.shard = shard
         self.max_symbols = max_symbols
         self.max_tick_bytes = max_tick_bytes
         self.max_cache_bytes = max_cache_bytes
@@ -165,7 +167,12 @@ class Publisher:
 
     def send_heartbeat(self, interval_s: float) -> None:
         """Send a heartbeat on the reserved topic: clients tell a quiet market from a dead feed."""
-        heartbeat = {"epoch": self.epoch, "ts": self._clock_ns(), "interval_s": interval_s}
+        heartbeat = {
+            "epoch": self.epoch,
+            "ts": self._clock_ns(),
+            "interval_s": interval_s,
+            "shard": self.shard,
+        }
         self._send(encode_frame(HEARTBEAT_TOPIC, heartbeat))
 
     def send_control(self, frame: bytes) -> None:

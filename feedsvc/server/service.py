@@ -239,6 +239,7 @@ class Service:
             max_tick_bytes=ingest_config.max_tick_bytes,
             max_cache_bytes=publisher_config.max_cache_bytes,
             window=window,
+            shard=publisher_config.shard,
         )
         publisher = self.publisher
         if window is not None:
@@ -261,6 +262,7 @@ class Service:
             sync_config.max_snapshot_bytes,
             snapshot_room=self._sync_in_flight.room,
             all_symbols_bytes=lambda: (publisher.symbol_count, publisher.cache_bytes),
+            shard=publisher_config.shard,
         )
         if config.metrics.port:
             try:
@@ -396,7 +398,11 @@ class Service:
         publisher, config = self.publisher, self.config
         monotonic = time.monotonic
         synthetic = config.synthetic
-        feed = SyntheticFeed(synthetic.symbols, synthetic.seed) if synthetic.enabled else None
+        feed = (
+            SyntheticFeed(synthetic.symbols, synthetic.seed, synthetic.prefix)
+            if synthetic.enabled
+            else None
+        )
         pacer: RatePacer | None = None
         poller = zmq.Poller()
         archive_replies = self.archive.replies if self.archive is not None else None

@@ -104,9 +104,11 @@ class SyncHandler:
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
         snapshot_room: Callable[[], int] | None = None,
         all_symbols_bytes: Callable[[], tuple[int, int]] | None = None,
+        shard: str = "",
     ) -> None:
         self._snapshot_source = snapshot_source
         self.epoch = epoch
+        self.shard = shard
         self.max_symbols_per_request = max_symbols_per_request
         self.max_request_bytes = max_request_bytes
         self.max_snapshot_bytes = max_snapshot_bytes
@@ -231,6 +233,7 @@ class SyncHandler:
         reply = {
             "ok": True,
             "epoch": self.epoch,
+            "shard": self.shard,
             "marker": marker_topic(marker),
             "snapshot": snapshot,
         }

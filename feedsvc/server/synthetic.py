@@ -17,10 +17,10 @@ _SIZE_TABLE: Final = 65_497
 _SPREADS_CENTS: Final = (1, 2, 3)
 
 
-def synthetic_symbols(count: int) -> list[str]:
+def synthetic_symbols(count: int, prefix: str = "SYN") -> list[str]:
     """Fixed-width names (SYN0000, SYN0001, ...) so no symbol is a prefix of another."""
     width = max(4, len(str(count - 1)))
-    return [f"SYN{index:0{width}d}" for index in range(count)]
+    return [f"{prefix}{index:0{width}d}" for index in range(count)]
 
 
 class SyntheticFeed:
@@ -30,9 +30,9 @@ class SyntheticFeed:
     round lots. Symbols are drawn uniformly at random.
     """
 
-    def __init__(self, symbol_count: int, seed: int = 0) -> None:
+    def __init__(self, symbol_count: int, seed: int = 0, prefix: str = "SYN") -> None:
         rng = random.Random(seed or None)
-        self.symbols = synthetic_symbols(symbol_count)
+        self.symbols = synthetic_symbols(symbol_count, prefix)
         self._mid_cents = [rng.randint(1_000, 50_000) for _ in self.symbols]
         # choices() fills a table in one call: start-up stays well under a second.
         self._symbol_draws = rng.choices(range(symbol_count), k=_SYMBOL_TABLE)

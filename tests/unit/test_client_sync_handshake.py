@@ -126,7 +126,9 @@ def test_reply_then_marker_in_either_order_gives_the_snapshot(marker_first: bool
         assert handshake.state == SyncHandshake.AWAITING_MARKER and handshake.snapshot is None
         assert handshake.see_frame(marker_frame(handshake))
     assert handshake.synced
-    assert handshake.snapshot == SyncSnapshot(EPOCH, entries)
+    # Each entry says its epoch (here the reply's: one publisher, unnamed).
+    with_epochs = {symbol: {**entry, "epoch": EPOCH} for symbol, entry in entries.items()}
+    assert handshake.snapshot == SyncSnapshot(EPOCH, with_epochs, {"": EPOCH})
     assert orjson.loads(handshake.ready_request()) == {
         "op": "ready",
         "client": handshake.client,
@@ -318,9 +320,9 @@ def test_applying_the_snapshot_sets_baselines_and_returns_its_ticks_in_order() -
     snapshot = synced_handshake(entries).snapshot
     assert snapshot is not None
     tracker = SequenceTracker()
-    ticks, restart = snapshot.apply(tracker)
+    ticks, restarts = snapshot.apply(tracker)
 
-    assert ticks == [entries["MSFT"]["tick"], entries["AAPL"]["tick"]] and restart is None
+    assert ticks == [entries["MSFT"]["tick"], entries["AAPL"]["tick"]] and restarts == []
     assert (tracker.epoch, tracker.last_seq("AAPL"), tracker.last_seq("QUIET")) == (EPOCH, 41, 0)
     # From the baseline on: the next seq follows, the snapshot's own seq and older are dropped.
     assert tracker.observe(make_tick("AAPL", 42)) is None
@@ -332,8 +334,9 @@ def test_applying_the_snapshot_sets_baselines_and_returns_its_ticks_in_order() -
 def test_applying_a_snapshot_of_a_newer_epoch_is_a_restart() -> None:
     tracker = SequenceTracker()
     tracker.observe(make_tick("AAPL", 900, epoch=EPOCH - 1))
-    _ticks, restart = SyncSnapshot(EPOCH, {"AAPL": {"seq": 2, "tick": None}}).apply(tracker)
-    assert restart == Restart(EPOCH - 1, EPOCH)
+    entries = {"AAPL": {"seq": 2, "tick": None, "epoch": EPOCH}}
+    _ticks, restarts = SyncSnapshot(EPOCH, entries, {"": EPOCH}).apply(tracker)
+    assert restarts == [Restart(EPOCH - 1, EPOCH)]
     assert tracker.last_seq("AAPL") == 2
 
 
@@ -389,3 +392,58 @@ def test_a_busy_service_is_retried_after_a_backoff_and_fails_only_after_the_last
     with pytest.raises(SyncError) as failure:
         handshake.accept_reply(busy)  # the last attempt: a refusal like any other
     assert failure.value.code == "busy"
+
+
+def test_a_relays_snapshot_of_two_shards_waits_for_both_markers() -> None:
+    """Through a relay in front of two shards: one entry per symbol with its shard's epoch, and
+    a marker from each shard before the snapshot is trusted."""
+    other = EPOCH + 77
+    handshake = new_handshake(["AAPL", "BMW"])
+    handshake.start_attempt()
+    reply = {
+        "ok": True,
+        "epoch": EPOCH,
+        "epochs": {"us": EPOCH, "eu": other},
+        "marker": f"_sync.{handshake.marker}",
+        "snapshot": {
+            "AAPL": {"seq": 41, "tick": make_tick("AAPL", 41), "epoch": EPOCH},
+            "BMW": {"seq": 9, "tick": make_tick("BMW", 9, other), "epoch": other},
+        },
+    }
+    handshake.accept_reply(orjson.dumps(reply))
+    assert handshake.see_frame(marker_frame(handshake))
+    assert handshake.state == SyncHandshake.AWAITING_MARKER  # the other shard's is still due
+    assert handshake.see_frame(marker_frame(handshake, other))
+    assert handshake.synced and handshake.snapshot is not None
+    tracker = SequenceTracker()
+    _ticks, restarts = handshake.snapshot.apply(tracker)
+    assert restarts == [] and tracker.epoch_by_shard == {"us": EPOCH, "eu": other}
+    assert tracker.observe(make_tick("BMW", 10, other)) is None
+    assert tracker.observe(make_tick("AAPL", 42)) is None
+
+
+@pytest.mark.parametrize(
+    "epochs",
+    [[EPOCH], {}, {"us": "1"}, {"us": EPOCH + 1}, {"us": EPOCH, "eu": True}],
+    ids=["list", "empty", "not-int", "without-the-reply-epoch", "bool"],
+)
+def test_a_relays_epochs_that_do_not_hold_together_are_a_bad_reply(epochs: object) -> None:
+    handshake = new_handshake(["AAPL"])
+    handshake.start_attempt()
+    reply = {
+        "ok": True,
+        "epoch": EPOCH,
+        "epochs": epochs,
+        "marker": f"_sync.{handshake.marker}",
+        "snapshot": {"AAPL": {"seq": 0, "tick": None}},
+    }
+    with pytest.raises(SyncError, match="epochs"):
+        handshake.accept_reply(orjson.dumps(reply))
+
+
+def test_an_entry_of_an_epoch_the_reply_does_not_name_is_a_bad_reply() -> None:
+    handshake = new_handshake(["AAPL"])
+    handshake.start_attempt()
+    entries = {"AAPL": {"seq": 0, "tick": None, "epoch": EPOCH + 3}}
+    with pytest.raises(SyncError, match="epoch of 'AAPL'"):
+        handshake.accept_reply(snapshot_reply(handshake, entries))

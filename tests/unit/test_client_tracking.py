@@ -267,3 +267,58 @@ def test_stats_summary_is_json_and_a_copy() -> None:
     assert {"duplicates", "malformed"} <= set(summary)
     summary["missed_by_symbol"]["MSFT"] = 1
     assert stats.missed_by_symbol == {"AAPL": 2}
+
+
+SHARD_A, SHARD_B = EPOCH, EPOCH + 500
+
+
+def test_two_shards_are_followed_each_in_its_own_epoch_without_a_restart() -> None:
+    tracker = SequenceTracker()
+    # Ticks of both shards arrive before either heartbeat (a client joining behind a relay).
+    ticks = [
+        make_tick("A1", 40, SHARD_A),
+        make_tick("B1", 7, SHARD_B),
+        make_tick("A1", 41, SHARD_A),
+    ]
+    assert observe_all(tracker, ticks) == [None, None, None]
+    assert tracker.observe_epoch(SHARD_A, "a") is None
+    assert tracker.observe_epoch(SHARD_B, "b") is None
+    assert observe_all(tracker, [make_tick("B1", 8, SHARD_B), make_tick("A1", 42, SHARD_A)]) == [
+        None,
+        None,
+    ]
+    assert tracker.observe(make_tick("B1", 10, SHARD_B)) == Gap("B1", SHARD_B, 9, 10, 1)
+    assert tracker.epoch_by_shard == {"a": SHARD_A, "b": SHARD_B}
+
+
+def test_one_shards_restart_restarts_its_symbols_only() -> None:
+    tracker = SequenceTracker()
+    tracker.observe_epoch(SHARD_A, "a")
+    tracker.observe_epoch(SHARD_B, "b")
+    observe_all(tracker, [make_tick("A1", 5, SHARD_A), make_tick("B1", 5, SHARD_B)])
+    new_a = SHARD_A + 1
+    assert tracker.observe_epoch(new_a, "a") == Restart(SHARD_A, new_a)
+    assert not tracker.follows(SHARD_A) and tracker.follows(new_a) and tracker.follows(SHARD_B)
+    assert tracker.last_seq("A1") is None and tracker.last_seq("B1") == 5
+    # Shard b goes on where it was: no gap, no restart.
+    assert tracker.observe(make_tick("B1", 6, SHARD_B)) is None
+    # Shard a's symbols start again at 1; a symbol new in its epoch too.
+    assert tracker.observe(make_tick("A1", 3, new_a)) == Gap("A1", new_a, 1, 3, 2)
+    assert tracker.observe(make_tick("A2", 2, new_a)) == Gap("A2", new_a, 1, 2, 1)
+    # Shard b's heartbeat does not move anything.
+    assert tracker.observe_epoch(SHARD_B, "b") is None
+    assert tracker.observe(make_tick("B1", 7, SHARD_B)) is None
+
+
+def test_a_shards_restart_seen_first_in_a_tick_is_reported_once() -> None:
+    tracker = SequenceTracker()
+    tracker.observe_epoch(SHARD_A, "a")
+    tracker.observe_epoch(SHARD_B, "b")
+    observe_all(tracker, [make_tick("A1", 5, SHARD_A), make_tick("B1", 5, SHARD_B)])
+    new_a = SHARD_A + 1
+    assert tracker.observe(make_tick("A1", 1, new_a)) == Restart(SHARD_A, new_a)
+    assert tracker.observe_epoch(new_a, "a") is None
+    assert tracker.epoch_by_shard == {"a": new_a, "b": SHARD_B}
+    # A new shard's epoch, first seen in a tick, is not a restart of anything.
+    assert tracker.observe(make_tick("C1", 9, EPOCH + 900)) is None
+    assert tracker.observe_epoch(EPOCH + 900, "c") is None
