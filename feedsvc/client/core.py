@@ -449,6 +449,10 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
         except _MALFORMED_ERRORS:
             self.stats.malformed += 1
             return None
+        return self._sequenced(tick, event)
+
+    def _sequenced(self, tick: Tick, event: Gap | Restart | Duplicate | None) -> Tick | None:
+        """Act on what the tracker said of `tick`; returns it if it is to be delivered now."""
         if event is None:
             if self._recovering:
                 # A symbol being recovered: its later ticks wait for the missing ones.
@@ -458,10 +462,15 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
                     self._pump_recovery()
                     return None
             return tick
-        if type(event) is Gap and self._filler is not None:
-            self._filler.start(event, tick)
-            self._pump_recovery()
-            return None
+        if self._filler is not None:
+            gap = event if type(event) is Gap else getattr(event, "gap", None)
+            if gap is not None:
+                if type(event) is Restart:
+                    self._restarted(event)
+                # The ticks before it (in the new epoch, after a restart) are recovered too.
+                self._filler.start(gap, tick)
+                self._pump_recovery()
+                return None
         if self._report(event):
             return tick
         return None

@@ -70,7 +70,7 @@ class _SyncRunner:
     _take_ready: Callable[[], Tick | None]
     _take_backlog: Callable[[], Tick | None]
     _accept: Callable[[bytes], Tick | None]
-    _report: Callable[[Gap | Restart | Duplicate], bool]
+    _sequenced: Callable[[Tick, Gap | Restart | Duplicate | None], Tick | None]
     _restarted: Callable[..., None]
     _open_socket: Callable[[int], tuple[zmq.Socket, zmq.Socket]]
     _open_connected: Callable[[int, str, str, str], tuple[zmq.Socket, zmq.Socket]]
@@ -325,8 +325,8 @@ class _SyncRunner:
                 ):
                     continue
                 self._snapshot_seq_by_symbol[symbol] = entry["seq"]
-                event = tracker.observe(tick)
-                if event is None or self._report(event):
+                # Checked like a live tick: a gap before it is recovered like any other.
+                if self._sequenced(tick, tracker.observe(tick)) is not None:
                     self.stats.snapshot_ticks += 1
                     ticks.append(tick)
         # Another restart since the request: its own re-sync follows.

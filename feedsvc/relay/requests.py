@@ -7,11 +7,16 @@ upstream that is not connected, or too slow, gets the client a clear error
 come this way: a marker travels the tick path (XSUB -> proxy -> PUB) behind the ticks it
 follows, so the handshake through the relay stays exact.
 
-- Sync (REQ/REP): a request is [client, b"", body]; it goes upstream as it is (the upstream's REP
-  echoes the envelope), and one request per client is pending (REQ is lock-step).
+- Sync (REQ/REP): a request is [client, b"", body]; it goes upstream under the relay's own
+  envelope id (the upstream's REP echoes it), so a late reply to an attempt that timed out is
+  never taken for the answer to the next. With several upstreams (shards) it goes to every one,
+  and the replies are merged into one (`merge_sync_replies`): a snapshot of every shard, each
+  entry with its shard's epoch, and "epochs" naming them; each shard sends the marker on its own
+  tick path.
 - Recovery: a request is [client, body] or [client, b"", body]. The upstream's ROUTER takes one
   frame after its own peer id, so the relay sends the body with its own request id and puts the
-  client's id back into the reply's header; the reply's tick frames pass unchanged.
+  client's id back into the reply's header; the reply's tick frames pass unchanged. With several
+  upstreams it goes to the one publishing the request's epoch now (from its heartbeats).
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ MESSAGES_PER_PASS: Final = 100
 QUEUED_PER_PEER: Final = 100
 RETRY_AFTER_MS: Final = 500
 LOG_INTERVAL_S: Final = 10.0
+# What `upstream_for_epoch` says while some upstream's epoch is not known yet (no heartbeat):
+# the request may be that one's, so it is worth a retry.
+EPOCH_NOT_KNOWN_YET: Final = -1
 
 
 class _Refusal(Exception):
@@ -69,23 +77,46 @@ class _Refusal(Exception):
         self.detail = detail
 
 
+class _Pending:
+    """A request forwarded upstream and not answered yet."""
+
+    __slots__ = ("deadline", "expected", "replies", "request_id", "route")
+
+    def __init__(
+        self, deadline: float, route: list[bytes], request_id: Any, expected: int = 1
+    ) -> None:
+        self.deadline = deadline
+        self.route = route
+        self.request_id = request_id
+        self.replies: list[bytes] = []
+        self.expected = expected
+
+
 class RequestForwarder:
-    """Forwards one kind of request (`KIND_SYNC` or `KIND_RECOVERY`) to one upstream endpoint
-    ("" = none: every request gets upstream_unavailable)."""
+    """Forwards one kind of request (`KIND_SYNC` or `KIND_RECOVERY`) to the upstreams' endpoints
+    of that kind ("" = that upstream has none; none at all: every request gets
+    upstream_unavailable).
+
+    `upstream_for_epoch` says which upstream (index into `upstreams`) publishes an epoch now
+    (None: none does; EPOCH_NOT_KNOWN_YET: some upstream has not told its epoch yet); recovery
+    requests go there when there are several.
+    """
 
     def __init__(
         self,
         context: zmq.Context,
         kind: str,
         bind: Callable[[zmq.Socket], None],
-        upstream: str,
+        upstreams: list[str],
         connect: Callable[[zmq.Socket, str], None],
         timeout_s: float,
         max_pending: int,
         clock: Callable[[], float] = time.monotonic,
+        upstream_for_epoch: Callable[[int], int | None] = lambda _epoch: None,
     ) -> None:
         self.kind = kind
-        self.upstream = upstream
+        self.upstreams = upstreams
+        self._upstream_for_epoch = upstream_for_epoch
         self._timeout_s = timeout_s
         self._max_pending = max_pending
         self._clock = clock
@@ -97,18 +128,20 @@ class RequestForwarder:
         # A reply for a client that has gone is dropped, not queued.
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 0)
         bind(self.front)
-        self.back: zmq.Socket | None = None
-        if upstream:
-            self.back = context.socket(zmq.DEALER)
-            self.back.setsockopt(zmq.LINGER, 0)
+        # (upstream index, DEALER) of each upstream with an endpoint of this kind.
+        self.backs: list[tuple[int, zmq.Socket]] = []
+        for index, upstream in enumerate(upstreams):
+            if not upstream:
+                continue
+            back = context.socket(zmq.DEALER)
+            back.setsockopt(zmq.LINGER, 0)
             # No connection, no queue: a request finds out at once that the upstream is down.
-            self.back.setsockopt(zmq.IMMEDIATE, 1)
-            self.back.setsockopt(zmq.SNDHWM, max_pending)
-            connect(self.back, upstream)
-        # key -> (deadline, client route, the client's request id or None); oldest first.
-        self._pending: collections.OrderedDict[bytes, tuple[float, list[bytes], Any]] = (
-            collections.OrderedDict()
-        )
+            back.setsockopt(zmq.IMMEDIATE, 1)
+            back.setsockopt(zmq.SNDHWM, max_pending)
+            connect(back, upstream)
+            self.backs.append((index, back))
+        # relay key -> the request waiting for its reply (or replies); oldest first.
+        self._pending: collections.OrderedDict[bytes, _Pending] = collections.OrderedDict()
         self._ids = itertools.count(1)
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._log_limiter = RateLimiter(LOG_INTERVAL_S, time.monotonic)
@@ -118,7 +151,7 @@ class RequestForwarder:
         return len(self._pending)
 
     def sockets(self) -> list[zmq.Socket]:
-        return [self.front] if self.back is None else [self.front, self.back]
+        return [self.front, *(back for _index, back in self.backs)]
 
     def serve(self, ready: dict[zmq.Socket, int]) -> None:
         """Forward what the poll found ready: requests from clients, replies from upstream."""
@@ -129,10 +162,12 @@ class RequestForwarder:
                 except zmq.Again:
                     break
                 self._contained(self._forward_request, message)
-        if self.back is not None and self.back in ready:
+        for _index, back in self.backs:
+            if back not in ready:
+                continue
             for _ in range(MESSAGES_PER_PASS):
                 try:
-                    reply = self.back.recv_multipart(zmq.NOBLOCK, copy=False)
+                    reply = back.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 self._contained(self._forward_reply, reply)
@@ -141,13 +176,13 @@ class RequestForwarder:
         """Answer requests the upstream left unanswered past the timeout."""
         now, pending = self._clock(), self._pending
         while pending:
-            key, (deadline, route, request_id) = next(iter(pending.items()))
-            if deadline > now:
+            key, request = next(iter(pending.items()))
+            if request.deadline > now:
                 return
             del pending[key]
             self.outcomes[OUTCOME_TIMEOUT] += 1
             detail = f"the upstream {self.kind} endpoint did not answer in {self._timeout_s:g} s"
-            self._send_error(route, request_id, UNAVAILABLE, detail)
+            self._send_error(request.route, request.request_id, UNAVAILABLE, detail)
 
     def close(self) -> None:
         for socket in self.sockets():
@@ -167,39 +202,62 @@ class RequestForwarder:
         if route is None:
             self.outcomes[OUTCOME_REFUSED] += 1  # no envelope to answer to: dropped
             return
+        request_id = None
         try:
             if body is None:
                 raise _Refusal(sync_protocol.ERROR_BAD_REQUEST, "a request is one frame")
-            key, upstream_frames, request_id = self._upstream_request(route, body)
+            key, upstream_frames, request_id, epoch = self._upstream_request(body)
+            backs = self._backs_for(epoch)
         except _Refusal as refusal:
             self.outcomes[OUTCOME_REFUSED] += 1
-            self._send_error(route, None, refusal.code, refusal.detail)
+            self._send_error(route, request_id, refusal.code, refusal.detail)
             return
-        if self.back is None:
+        if not backs:
             self.outcomes[OUTCOME_UNAVAILABLE] += 1
             detail = f"this relay has no upstream {self.kind} endpoint"
             self._send_error(route, request_id, UNAVAILABLE, detail)
             return
-        if len(self._pending) >= self._max_pending and key not in self._pending:
+        if len(self._pending) >= self._max_pending:
             self.outcomes[OUTCOME_BUSY] += 1
             detail = f"{self._max_pending} requests are waiting for the upstream; retry later"
             self._send_error(route, request_id, recovery_protocol.ERROR_BUSY, detail)
             return
-        try:
-            self.back.send_multipart(upstream_frames, zmq.NOBLOCK)
-        except zmq.Again:
-            self.outcomes[OUTCOME_UNAVAILABLE] += 1
-            detail = f"the upstream {self.kind} endpoint {self.upstream} is not connected"
-            self._send_error(route, request_id, UNAVAILABLE, detail)
-            return
-        self._pending.pop(key, None)
-        self._pending[key] = (self._clock() + self._timeout_s, route, request_id)
+        for index, back in backs:
+            try:
+                back.send_multipart(upstream_frames, zmq.NOBLOCK)
+            except zmq.Again:
+                # Replies of the upstreams already asked find no pending request: dropped.
+                self.outcomes[OUTCOME_UNAVAILABLE] += 1
+                upstream = self.upstreams[index]
+                detail = f"the upstream {self.kind} endpoint {upstream} is not connected"
+                self._send_error(route, request_id, UNAVAILABLE, detail)
+                return
+        deadline = self._clock() + self._timeout_s
+        self._pending[key] = _Pending(deadline, route, request_id, len(backs))
 
-    def _upstream_request(self, route: list[bytes], body: bytes) -> tuple[bytes, list[bytes], Any]:
-        """(pending key, frames to send upstream, the client's request id)."""
+    def _backs_for(self, epoch: int | None) -> list[tuple[int, zmq.Socket]]:
+        """The upstreams a request goes to: a sync request to all, a recovery request to the
+        one publishing its epoch (with one upstream, that one: it answers for itself)."""
+        backs = self.backs
+        if self.kind == KIND_SYNC or len(backs) <= 1:
+            return backs
+        index = self._upstream_for_epoch(epoch) if type(epoch) is int else None
+        if index == EPOCH_NOT_KNOWN_YET:
+            raise _Refusal(UNAVAILABLE, "this relay has not heard from every upstream yet")
+        chosen = [(i, back) for i, back in backs if i == index]
+        if not chosen:
+            raise _Refusal(
+                recovery_protocol.ERROR_UNKNOWN_EPOCH,
+                f"no upstream of this relay publishes epoch {str(epoch)[:80]} now",
+            )
+        return chosen
+
+    def _upstream_request(self, body: bytes) -> tuple[bytes, list[bytes], Any, Any]:
+        """(pending key, frames to send upstream, the client's request id, the epoch asked)."""
         if self.kind == KIND_SYNC:
-            # REQ is lock-step: the client's identity is the key; REP echoes the envelope.
-            return route[0], [route[0], b"", body], None
+            # The upstream REP echoes the envelope: the relay's key comes back with the reply.
+            key = b"s.%d" % next(self._ids)
+            return key, [key, b"", body], None, None
         if len(body) > recovery_protocol.MAX_REQUEST_BYTES:
             limit = recovery_protocol.MAX_REQUEST_BYTES
             raise _Refusal(recovery_protocol.ERROR_TOO_LARGE, f"requests are at most {limit} bytes")
@@ -214,18 +272,29 @@ class RequestForwarder:
         request_id = fields["id"]
         relay_id = f"relay.{next(self._ids)}"
         fields["id"] = relay_id
-        return relay_id.encode(), [orjson.dumps(fields)], request_id
+        return relay_id.encode(), [orjson.dumps(fields)], request_id, fields.get("epoch")
 
     def _forward_reply(self, frames: list[zmq.Frame]) -> None:
         if self.kind == KIND_SYNC:
-            # [client, b"", reply] as the upstream's REP echoed it.
+            # [relay key, b"", reply] as the upstream's REP echoed it.
             if len(frames) != 3:
                 return
             key = frames[0].bytes
-            if self._pending.pop(key, None) is None:
+            request = self._pending.get(key)
+            if request is None:
                 return  # answered already (timed out): the client has moved on
+            if request.expected == 1:
+                del self._pending[key]
+                self.outcomes[OUTCOME_ANSWERED] += 1
+                self.front.send_multipart([*request.route, frames[2]], zmq.NOBLOCK, copy=False)
+                return
+            request.replies.append(frames[2].bytes)
+            if len(request.replies) < request.expected:
+                return
+            del self._pending[key]
             self.outcomes[OUTCOME_ANSWERED] += 1
-            self.front.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            merged = merge_sync_replies(request.replies)
+            self.front.send_multipart([*request.route, merged], zmq.NOBLOCK)
             return
         header = orjson.loads(frames[0].bytes)
         relay_id = header.get("id") if isinstance(header, dict) else None
@@ -234,11 +303,10 @@ class RequestForwarder:
         entry = self._pending.pop(relay_id.encode(), None)
         if entry is None:
             return
-        _deadline, route, request_id = entry
-        header["id"] = request_id
+        header["id"] = entry.request_id
         self.outcomes[OUTCOME_ANSWERED] += 1
         self.front.send_multipart(
-            [*route, orjson.dumps(header), *frames[1:]], zmq.NOBLOCK, copy=False
+            [*entry.route, orjson.dumps(header), *frames[1:]], zmq.NOBLOCK, copy=False
         )
 
     def _send_error(self, route: list[bytes], request_id: Any, code: str, detail: str) -> None:
@@ -250,6 +318,53 @@ class RequestForwarder:
         # A client that is gone or does not read has nothing to be told.
         with contextlib.suppress(zmq.ZMQError):
             self.front.send_multipart([*route, orjson.dumps(reply)], zmq.NOBLOCK)
+
+
+def merge_sync_replies(replies: list[bytes]) -> bytes:
+    """One reply for the client from the replies of several shards to the same sync request.
+
+    A refusal from any shard is the answer (the same request would be refused again). Ready
+    replies merge into ``{"ok": true}``. Snapshots merge into one: "epoch" is the first shard's,
+    "epochs" names every shard's (a relay behind this one already merged some), and each entry
+    carries its shard's epoch; a symbol that several shards list takes the entry with a tick
+    (each symbol belongs to one shard; the others answer seq 0 for a symbol they never had).
+    """
+    decoded = [orjson.loads(reply) for reply in replies]
+    for index, fields in enumerate(decoded):
+        if not isinstance(fields, dict) or fields.get("ok") is not True:
+            return replies[index]
+    if not any("snapshot" in fields for fields in decoded):
+        return orjson.dumps({"ok": True})
+    epoch_by_shard: dict[str, int] = {}
+    snapshot: dict[str, Any] = {}
+    for fields in decoded:
+        epoch = fields["epoch"]
+        shards = fields.get("epochs") or {fields.get("shard", ""): epoch}
+        for shard, shard_epoch in shards.items():
+            if epoch_by_shard.setdefault(shard, shard_epoch) != shard_epoch:
+                return orjson.dumps(
+                    {
+                        "ok": False,
+                        "error": sync_protocol.ERROR_INTERNAL,
+                        "detail": f"two upstreams of this relay call themselves shard "
+                        f"{shard[:80]!r} (publisher.shard must differ)",
+                    }
+                )
+        for symbol, entry in fields["snapshot"].items():
+            entry.setdefault("epoch", epoch)
+            held = snapshot.get(symbol)
+            if held is None or (held.get("tick") is None and entry.get("tick") is not None):
+                snapshot[symbol] = entry
+    first = decoded[0]
+    return orjson.dumps(
+        {
+            "ok": True,
+            "epoch": first["epoch"],
+            "epochs": epoch_by_shard,
+            "marker": first.get("marker"),
+            "snapshot": snapshot,
+        }
+    )
 
 
 def _max_request_bytes(kind: str) -> int:

@@ -6,10 +6,11 @@ Nothing here runs per tick: the ticks are the proxy thread's (forwarder.py).
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -23,7 +24,12 @@ from feedsvc.curve import CurveClientKeys, CurveServer, load_key_pair, load_publ
 from feedsvc.curve import connect as curve_connect
 from feedsvc.protocol.ticks import HEARTBEAT_TOPIC, TOPIC_DELIMITER
 from feedsvc.relay.forwarder import ProxyStatistics, TickForwarder, set_zmtp_heartbeats
-from feedsvc.relay.requests import KIND_RECOVERY, KIND_SYNC, RequestForwarder
+from feedsvc.relay.requests import (
+    EPOCH_NOT_KNOWN_YET,
+    KIND_RECOVERY,
+    KIND_SYNC,
+    RequestForwarder,
+)
 from feedsvc.server.access import PeerAuthenticator, zap_domain
 from feedsvc.server.observe.http import BoundedHttpServer, Response
 from feedsvc.server.observe.metrics import HttpServerCollector
@@ -37,6 +43,8 @@ SERVING_LINE: Final = "relay serving"
 # The relay's sockets share one ZAP domain: Curve's allow-list is the same for all of them.
 ZAP_SOCKET_NAME: Final = "relay"
 _HEARTBEAT_PREFIX: Final = HEARTBEAT_TOPIC.encode() + TOPIC_DELIMITER
+# Ended epochs remembered per upstream (a recovery for one gets unknown_epoch at once).
+ENDED_EPOCHS_KEPT: Final = 16
 
 
 class StartupError(RuntimeError):
@@ -50,7 +58,13 @@ class UpstreamState:
     publisher: str
     heartbeat_at: float | None = None
     epoch: int | None = None
+    # The shard name its heartbeats carry (publisher.shard; "" unnamed), None before the first.
+    shard: str | None = None
     heartbeats: int = 0
+    # Its last few epochs before this one (restarts): requests for them cannot be answered.
+    ended_epochs: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=ENDED_EPOCHS_KEPT)
+    )
 
 
 class Relay:
@@ -96,10 +110,11 @@ class Relay:
                             self._context,
                             kind,
                             lambda socket, endpoint=endpoint: self._bind(socket, endpoint),
-                            _first_upstream(relay.upstreams, upstream_key),
+                            [upstream.get(upstream_key, "") for upstream in relay.upstreams],
                             self._connect,
                             relay.request_timeout_s,
                             relay.max_pending_requests,
+                            upstream_for_epoch=self.upstream_for_epoch,
                         )
                     )
         except (zmq.ZMQError, OSError) as error:
@@ -232,6 +247,17 @@ class Relay:
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.subscribers_connected = max(0, self.subscribers_connected - 1)
 
+    def upstream_for_epoch(self, epoch: int) -> int | None:
+        """The upstream (index) whose heartbeats carry `epoch`; None if it is one an upstream
+        has ended (restarted since), else EPOCH_NOT_KNOWN_YET: a restarted upstream's new epoch
+        can reach a client before its next heartbeat reaches the relay."""
+        for index, upstream in enumerate(self.upstreams):
+            if upstream.epoch == epoch:
+                return index
+        if any(epoch in upstream.ended_epochs for upstream in self.upstreams):
+            return None
+        return EPOCH_NOT_KNOWN_YET
+
     def heartbeat_age_s(self, upstream: UpstreamState, now: float) -> float | None:
         return None if upstream.heartbeat_at is None else now - upstream.heartbeat_at
 
@@ -247,8 +273,15 @@ class Relay:
         down = [
             upstream.publisher for upstream in self.upstreams if not self.upstream_up(upstream, now)
         ]
+        shared = _shared_shard_names(self.upstreams)
         if forwarder is None or not forwarder.alive():
             status, reason, code = "unavailable", "the relay's proxy is not running", 503
+        elif shared:
+            # Clients would take one shard's epoch for the other's restart, back and forth.
+            status, code = "degraded", 200
+            reason = "upstreams share a shard name (publisher.shard must differ): " + ", ".join(
+                repr(name) for name in shared
+            )
         elif down:
             status, code = "degraded", 200
             reason = f"no heartbeat for over {self.relay.upstream_timeout_s:g} s from " + ", ".join(
@@ -262,6 +295,7 @@ class Relay:
                 "up": self.upstream_up(upstream, now),
                 "heartbeat_age_s": _rounded(self.heartbeat_age_s(upstream, now)),
                 "epoch": upstream.epoch,
+                "shard": upstream.shard,
             }
             for upstream in self.upstreams
         ]
@@ -304,10 +338,10 @@ def upstream_keys(relay: RelayConfig) -> CurveClientKeys | None:
     return CurveClientKeys(server_public, client_public, client_secret)
 
 
-def _first_upstream(upstreams: list[dict[str, Any]], key: str) -> str:
-    """The upstream endpoint requests of this kind go to ("" = none): the first upstream's
-    that has one."""
-    return next((upstream[key] for upstream in upstreams if upstream.get(key)), "")
+def _shared_shard_names(upstreams: list[UpstreamState]) -> list[str]:
+    """Shard names more than one upstream's heartbeats carry."""
+    names = [upstream.shard for upstream in upstreams if upstream.shard is not None]
+    return sorted({name for name in names if names.count(name) > 1})
 
 
 def _read_heartbeats(upstream: UpstreamState, watcher: zmq.Socket) -> None:
@@ -322,9 +356,15 @@ def _read_heartbeats(upstream: UpstreamState, watcher: zmq.Socket) -> None:
             fields = orjson.loads(frame[len(_HEARTBEAT_PREFIX) :])
         except orjson.JSONDecodeError:
             continue
-        epoch = fields.get("epoch") if isinstance(fields, dict) else None
-        if isinstance(epoch, int) and not isinstance(epoch, bool):
+        if not isinstance(fields, dict):
+            continue
+        epoch, shard = fields.get("epoch"), fields.get("shard", "")
+        if type(epoch) is int and epoch != upstream.epoch:
+            if upstream.epoch is not None:
+                upstream.ended_epochs.append(upstream.epoch)
             upstream.epoch = epoch
+        if isinstance(shard, str):
+            upstream.shard = shard[:64]
 
 
 def _rounded(value: float | None) -> float | None:

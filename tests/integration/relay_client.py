@@ -89,6 +89,7 @@ def _write(
         "last_tick_at": last_tick_at,
         # A recovery under way: its ticks can only come from the upstream that has them now.
         "recovering": subscriber.recovering,
+        "epoch_by_shard": subscriber.tracker.epoch_by_shard,
         "stats": dataclasses.asdict(subscriber.stats),
         "final": final,
     }

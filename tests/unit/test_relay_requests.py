@@ -20,17 +20,20 @@ from feedsvc.protocol.recovery import (
     ERROR_BUSY,
     ERROR_NOT_JSON,
     ERROR_TOO_LARGE,
+    ERROR_UNKNOWN_EPOCH,
     ERROR_UPSTREAM_UNAVAILABLE,
     MAX_REQUEST_BYTES,
     RETRYABLE_ERRORS,
 )
 from feedsvc.protocol.sync import RETRYABLE_ERRORS as SYNC_RETRYABLE_ERRORS
 from feedsvc.relay.requests import (
+    EPOCH_NOT_KNOWN_YET,
     KIND_RECOVERY,
     KIND_SYNC,
     OUTCOME_ANSWERED,
     OUTCOME_TIMEOUT,
     RequestForwarder,
+    merge_sync_replies,
 )
 from tests.conftest import free_tcp_port, fuzz_examples
 
@@ -70,7 +73,7 @@ class Rig:
             context,
             kind,
             lambda socket: socket.bind(self.front_endpoint),
-            upstream_endpoint,
+            [upstream_endpoint],
             lambda socket, endpoint: socket.connect(endpoint),
             timeout_s=2.0,
             max_pending=max_pending,
@@ -300,3 +303,126 @@ def test_any_request_is_answered_or_forwarded_and_the_next_valid_one_still_works
     finally:
         rig.close()
         context.destroy(linger=0)
+
+
+class ShardRig:
+    """A forwarder in front of two upstreams (shards "a" and "b", epochs 100 and 200)."""
+
+    EPOCHS = (100, 200)
+
+    def __init__(self, context: zmq.Context, kind: str) -> None:
+        name = next(_names)
+        self.front_endpoint = f"inproc://relay-front-{name}"
+        endpoints = [f"inproc://relay-shard-{name}-{index}" for index in range(2)]
+        self.upstreams = []
+        for endpoint in endpoints:
+            upstream = context.socket(zmq.ROUTER if kind == KIND_RECOVERY else zmq.REP)
+            upstream.bind(endpoint)
+            self.upstreams.append(upstream)
+        self.forwarder = RequestForwarder(
+            context,
+            kind,
+            lambda socket: socket.bind(self.front_endpoint),
+            endpoints,
+            lambda socket, endpoint: socket.connect(endpoint),
+            timeout_s=2.0,
+            max_pending=100,
+            clock=FakeClock(),
+            upstream_for_epoch=lambda epoch: (
+                self.EPOCHS.index(epoch) if epoch in self.EPOCHS else None
+            ),
+        )
+        self.poller = zmq.Poller()
+        for socket in self.forwarder.sockets():
+            self.poller.register(socket, zmq.POLLIN)
+
+    def pump(self, timeout_ms: int = 200) -> None:
+        self.forwarder.serve(dict(self.poller.poll(timeout_ms)))
+
+    def close(self) -> None:
+        self.forwarder.close()
+        for upstream in self.upstreams:
+            upstream.close(linger=0)
+
+
+def snapshot_of(shard: str, epoch: int, entries: dict[str, int]) -> bytes:
+    """A shard's snapshot reply: symbol -> seq (0: never ticked there)."""
+    snapshot = {
+        symbol: {"seq": seq, "tick": {"sym": symbol, "seq": seq, "epoch": epoch} if seq else None}
+        for symbol, seq in entries.items()
+    }
+    reply = {"ok": True, "epoch": epoch, "shard": shard, "marker": "_sync.m1", "snapshot": snapshot}
+    return orjson.dumps(reply)
+
+
+def test_a_sync_request_goes_to_every_shard_and_their_snapshots_come_back_as_one(
+    context: zmq.Context,
+) -> None:
+    rig = ShardRig(context, KIND_SYNC)
+    client = context.socket(zmq.REQ)
+    client.connect(rig.front_endpoint)
+    request = b'{"op":"snapshot","client":"c1","marker":"m1","symbols":["A1","B1"]}'
+    client.send(request)
+    rig.pump()
+    for upstream, shard, epoch, entries in zip(
+        rig.upstreams, "ab", ShardRig.EPOCHS, ({"A1": 7, "B1": 0}, {"A1": 0, "B1": 3}), strict=True
+    ):
+        assert upstream.poll(1000) and upstream.recv() == request
+        upstream.send(snapshot_of(shard, epoch, entries))
+    for _ in range(10):
+        rig.pump(50)
+        if client.poll(0):
+            break
+    reply = orjson.loads(client.recv())
+    assert reply["ok"] is True and reply["epochs"] == {"a": 100, "b": 200}
+    assert reply["marker"] == "_sync.m1" and reply["epoch"] == 100
+    # Each symbol from the shard that has it, with that shard's epoch.
+    assert reply["snapshot"]["A1"]["seq"] == 7 and reply["snapshot"]["A1"]["epoch"] == 100
+    assert reply["snapshot"]["B1"]["seq"] == 3 and reply["snapshot"]["B1"]["epoch"] == 200
+    client.close(linger=0)
+    rig.close()
+
+
+def test_a_recovery_request_goes_to_the_shard_publishing_its_epoch(context: zmq.Context) -> None:
+    rig = ShardRig(context, KIND_RECOVERY)
+    client = dealer(context, rig.front_endpoint)
+    for index, epoch in enumerate(ShardRig.EPOCHS):
+        request = {"op": "recover", "id": f"r{epoch}", "symbol": "X1", "epoch": epoch}
+        client.send(orjson.dumps(request))
+        rig.pump()
+        chosen, other = rig.upstreams[index], rig.upstreams[1 - index]
+        assert chosen.poll(1000) and not other.poll(0)
+        peer, forwarded = chosen.recv_multipart()
+        relay_id = orjson.loads(forwarded)["id"]
+        chosen.send_multipart([peer, orjson.dumps({"ok": True, "id": relay_id, "count": 0})])
+        header = orjson.loads(reply_of(client, rig)[0])  # type: ignore[arg-type]
+        assert header == {"ok": True, "id": f"r{epoch}", "count": 0}
+    # An epoch no shard publishes now (a shard restarted since): the relay says so itself.
+    client.send(orjson.dumps({"op": "recover", "id": "old", "symbol": "X1", "epoch": 99}))
+    header = orjson.loads(reply_of(client, rig)[0])  # type: ignore[arg-type]
+    assert header["ok"] is False and header["error"] == ERROR_UNKNOWN_EPOCH
+    assert header["id"] == "old"
+    # While a shard has not sent its first heartbeat, its epoch may be the one: worth a retry.
+    rig.forwarder._upstream_for_epoch = lambda _epoch: EPOCH_NOT_KNOWN_YET
+    client.send(orjson.dumps({"op": "recover", "id": "early", "symbol": "X1", "epoch": 99}))
+    header = orjson.loads(reply_of(client, rig)[0])  # type: ignore[arg-type]
+    assert header["error"] == ERROR_UPSTREAM_UNAVAILABLE and header["id"] == "early"
+    client.close(linger=0)
+    rig.close()
+
+
+def test_merged_sync_replies_pass_a_refusal_through_and_merge_ready_replies() -> None:
+    refusal = b'{"ok":false,"error":"bad_symbol","detail":"x"}'
+    assert merge_sync_replies([b'{"ok":true}', refusal]) == refusal
+    assert orjson.loads(merge_sync_replies([b'{"ok":true}', b'{"ok":true}'])) == {"ok": True}
+    # Two upstreams naming themselves the same shard with different epochs: refused, not mixed.
+    same = [snapshot_of("a", 100, {"A1": 1}), snapshot_of("a", 200, {"A1": 0})]
+    merged = orjson.loads(merge_sync_replies(same))
+    assert merged["ok"] is False and "publisher.shard" in merged["detail"]
+    # A relay behind this one already merged shards: their epochs carry over.
+    inner = orjson.loads(merge_sync_replies([snapshot_of("a", 100, {}), snapshot_of("b", 200, {})]))
+    outer = orjson.loads(
+        merge_sync_replies([orjson.dumps(inner), snapshot_of("c", 300, {"C1": 4})])
+    )
+    assert outer["epochs"] == {"a": 100, "b": 200, "c": 300}
+    assert outer["snapshot"]["C1"]["epoch"] == 300
