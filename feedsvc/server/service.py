@@ -34,6 +34,7 @@ from feedsvc.server.guard import (
 from feedsvc.server.inflight import RepliesInFlight
 from feedsvc.server.ingest import IngestDecoder
 from feedsvc.server.mirror import MirrorHandoff
+from feedsvc.server.mirror.wire import for_shard
 from feedsvc.server.observe.health import health_document, unhealthy_reason
 from feedsvc.server.observe.metrics import MetricsServer
 from feedsvc.server.pacing import BurstSchedule, RatePacer
@@ -227,7 +228,12 @@ class Service:
                 lambda: self.publisher.published_bytes if self.publisher is not None else 0,
             )
         if config.kafka.enabled:
-            self.mirror = MirrorHandoff(self._context, config.kafka, config.log, self.epoch)
+            self.mirror = MirrorHandoff(
+                self._context,
+                for_shard(config.kafka, config.publisher.shard),
+                config.log,
+                self.epoch,
+            )
             self.mirror.start()
         self.publisher = Publisher(
             # The backend's send skips the Python-level checks of zmq.Socket.send (for Frames,

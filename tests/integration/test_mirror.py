@@ -277,3 +277,52 @@ def test_a_kafka_client_that_is_not_ours_reads_the_wire_format(
         tick = orjson.loads(value)
         assert tick["sym"] == key.decode()
         assert {"sym", "seq", "epoch", "ts", "bid", "ask", "bid_size", "ask_size"} <= set(tick)
+
+
+def test_two_shards_mirror_to_one_topic_and_replay_verifies_each_shards_epoch(
+    serve: Serve, kafka_broker: KafkaBroker, zmq_context: zmq.Context, tmp_path: Path
+) -> None:
+    """Shards (publisher.shard, their own symbols) on one host share the topic: each mirrors its
+    own ticks under its own transactional.id (the default gains the shard's name, so neither
+    fences the other), and `replay --verify` audits both epochs and both shards' checkpoints."""
+    topic = f"shards-{uuid.uuid4().hex[:8]}"
+    processes = {}
+    for shard, prefix in (("east", "EAST"), ("west", "WEST")):
+        endpoint = f"ipc://{tmp_path}/{shard}"
+        processes[shard] = serve(
+            *mirror_settings(endpoint, kafka_broker.bootstrap, topic),
+            f"publisher.shard={shard}",
+            f"synthetic.prefix={prefix}",
+            "synthetic.symbols=10",
+            "synthetic.rate=2000",
+        )
+        subscribed_probe(zmq_context, endpoint, processes[shard], b"_hb ")
+    time.sleep(2.0)
+    published = {}
+    for shard, process in processes.items():
+        assert process.terminate() == 0
+        published[shard] = process.summary()["published"]
+    replay = subprocess.run(
+        [
+            *(sys.executable, "-m", "feedsvc.cli", "replay"),
+            *("--bootstrap", kafka_broker.bootstrap, "--topic", topic),
+            *("--verify", "--out", "/dev/null"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stderr
+    summary = orjson.loads(replay.stderr.strip().splitlines()[-1])
+    assert (summary["ticks"], summary["gaps"], summary["duplicates"]) == (
+        sum(published.values()),
+        0,
+        0,
+    )
+    assert summary["symbols"] == 20 and summary["missing_tail"] == 0
+    assert summary["open_epochs"] == []
+    closed = summary["closed_epochs"]
+    assert len(closed) == 2 and len({entry["epoch"] for entry in closed}) == 2
+    # One instance per shard: the default transactional.id with the shard's name.
+    assert sorted(entry["instance"].rsplit("-", 1)[1] for entry in closed) == ["east", "west"]

@@ -3,6 +3,7 @@ the settings both sides derive from the config."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from typing import Final
 
@@ -23,6 +24,15 @@ END: Final = b"E"
 def transactional_id(config: KafkaConfig) -> str:
     """kafka.transactional_id, or one stable per host and topic."""
     return config.transactional_id or f"feedsvc-{socket.gethostname()}-{config.topic}"
+
+
+def for_shard(config: KafkaConfig, shard: str) -> KafkaConfig:
+    """The mirror's config of shard `shard` (publisher.shard): without a kafka.transactional_id
+    of its own, the default one gains the shard's name, so shards on one host mirroring to one
+    topic do not fence each other."""
+    if config.transactional_id or not shard:
+        return config
+    return dataclasses.replace(config, transactional_id=f"{transactional_id(config)}-{shard}")
 
 
 def checkpoint_topic(config: KafkaConfig) -> str:
