@@ -41,6 +41,7 @@ from feedsvc.curve import connect as curve_connect
 from feedsvc.protocol.ticks import (
     CONTROL_PREFIX,
     HEARTBEAT_TOPIC,
+    SHARD_PATTERN,
     Tick,
     symbol_problem,
     topic_prefix,
@@ -292,6 +293,8 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
         self._alive = True
         self._last_message_at = time.monotonic()
         self._silence_reason = SilenceReason()
+        # shard -> when its last heartbeat came (monotonic), for silent_shards().
+        self._heartbeat_at_by_shard: dict[str, float] = {}
 
     def _open_sockets(self, context: zmq.Context | None) -> None:
         """The SUB socket, subscribed and connected, its handshake monitor and the sync REQ
@@ -402,6 +405,13 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
         """The snapshot's epoch after the handshake (with several shards, the first one's), None
         before. After a publisher restart the epochs followed are ``tracker.epoch_by_shard``."""
         return self._snapshot_epoch
+
+    def silent_shards(self) -> list[str]:
+        """Publishers (by `publisher.shard`; "" unnamed) whose heartbeats stopped for longer than
+        `heartbeat_timeout_s`. Behind one relay, the others' frames keep the feed alive: this says
+        which shard went quiet."""
+        deadline = time.monotonic() - self._heartbeat_timeout_s
+        return [shard for shard, at in self._heartbeat_at_by_shard.items() if at < deadline]
 
     def close(self) -> None:
         """Close the sockets without lingering, and the context if this subscriber created it.
@@ -523,11 +533,15 @@ class _SubscriberCore(_SyncRunner, _RecoveryRunner):
         try:
             heartbeat = orjson.loads(frame[len(_HEARTBEAT_PREFIX) :])
             interval_s = heartbeat["interval_s"]
-            restart = self.tracker.observe_epoch(heartbeat["epoch"], heartbeat.get("shard", ""))
+            shard = heartbeat.get("shard", "")
+            if not isinstance(shard, str) or SHARD_PATTERN.fullmatch(shard) is None:
+                raise ValueError(f"not a shard name: {shard!r}")
+            restart = self.tracker.observe_epoch(heartbeat["epoch"], shard)
         except _MALFORMED_ERRORS:
             self.stats.malformed += 1
             return
         self.stats.heartbeats += 1
+        self._heartbeat_at_by_shard[shard] = self._last_message_at
         if (
             self._fixed_heartbeat_timeout_s is None
             and isinstance(interval_s, int | float)

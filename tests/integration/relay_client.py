@@ -90,6 +90,7 @@ def _write(
         # A recovery under way: its ticks can only come from the upstream that has them now.
         "recovering": subscriber.recovering,
         "epoch_by_shard": subscriber.tracker.epoch_by_shard,
+        "silent_shards": subscriber.silent_shards(),
         "stats": dataclasses.asdict(subscriber.stats),
         "final": final,
     }
