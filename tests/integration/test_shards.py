@@ -12,11 +12,13 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
-from tests.conftest import wait_for
+from feedsvc.client import Restart, Subscriber
+from tests.conftest import ServeProcess, serve_settings, wait_for
 from tests.integration.netns import Hosts
 from tests.integration.test_relay import (
     HERE,
@@ -176,3 +178,52 @@ def test_a_shards_restart_behind_the_relay_restarts_its_symbols_only(
     assert final["epoch_by_shard"]["west"] == epochs["west"] and final["silent_shards"] == []
     delivered = final["delivered_by_epoch"]
     assert len(delivered) == 3 and all(count > 0 for count in delivered.values()), details()
+
+
+def test_a_client_listing_both_shards_directly_follows_each_in_its_own_epoch(
+    serve: Callable[..., ServeProcess], tmp_path: Path
+) -> None:
+    """No relay: one SUB connected to both shards' endpoints (over ipc, on one host). Each
+    symbol is followed under its own shard's epoch, so the interleaved epochs are no restart and
+    no gap, and one shard's restart is a restart for its symbols only."""
+    endpoints = {shard: f"ipc://{tmp_path}/{shard}" for shard in SHARDS}
+
+    def start(shard: str) -> ServeProcess:
+        prefix, _port = SHARDS[shard]
+        process = serve(
+            *serve_settings([endpoints[shard]]),
+            f"publisher.shard={shard}",
+            f"synthetic.prefix={prefix}",
+            f"synthetic.symbols={SYMBOLS_PER_SHARD}",
+            f"synthetic.rate={RATE_PER_SHARD}",
+        )
+        process.wait_until_serving()
+        return process
+
+    processes = {shard: start(shard) for shard in SHARDS}
+    delivered: dict[str, int] = {}
+    restarts: list[Restart] = []
+    with Subscriber(list(endpoints.values()), on_restart=restarts.append) as subscriber:
+
+        def receive_for(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                tick = subscriber.recv(timeout=0.05)
+                if tick is not None:
+                    shard = "east" if tick["sym"].startswith("EAST") else "west"
+                    delivered[shard] = delivered.get(shard, 0) + 1
+
+        receive_for(1.5)
+        assert min(delivered.values(), default=0) > 200, delivered
+        assert subscriber.stats.restarts == 0 and subscriber.stats.gaps == 0, subscriber.stats
+        before = subscriber.tracker.epoch_by_shard
+        assert set(before) == set(SHARDS)
+        assert processes["west"].terminate() == 0
+        processes["west"] = start("west")
+        receive_for(1.5)
+        after = subscriber.tracker.epoch_by_shard
+        stats = subscriber.stats
+    assert after["east"] == before["east"] and after["west"] != before["west"]
+    assert [restart.old_epoch for restart in restarts] == [before["west"]], restarts
+    # Only west's symbols may have missed ticks (between its stop and the restart's first).
+    assert all(symbol.startswith("WEST") for symbol in stats.missed_by_symbol), stats
