@@ -222,18 +222,22 @@ class RequestForwarder:
             detail = f"{self._max_pending} requests are waiting for the upstream; retry later"
             self._send_error(route, request_id, recovery_protocol.ERROR_BUSY, detail)
             return
+        sent, down = 0, []
         for index, back in backs:
             try:
                 back.send_multipart(upstream_frames, zmq.NOBLOCK)
+                sent += 1
             except zmq.Again:
-                # Replies of the upstreams already asked find no pending request: dropped.
-                self.outcomes[OUTCOME_UNAVAILABLE] += 1
-                upstream = self.upstreams[index]
-                detail = f"the upstream {self.kind} endpoint {upstream} is not connected"
-                self._send_error(route, request_id, UNAVAILABLE, detail)
-                return
+                down.append(self.upstreams[index])
+        if not sent:
+            self.outcomes[OUTCOME_UNAVAILABLE] += 1
+            detail = f"the upstream {self.kind} endpoint {', '.join(down)} is not connected"
+            self._send_error(route, request_id, UNAVAILABLE, detail)
+            return
+        # A shard that is down is left out of a sync: the others' snapshots are still exact, and
+        # its symbols come as it ticks again (a new epoch for the client).
         deadline = self._clock() + self._timeout_s
-        self._pending[key] = _Pending(deadline, route, request_id, len(backs))
+        self._pending[key] = _Pending(deadline, route, request_id, sent)
 
     def _backs_for(self, epoch: int | None) -> list[tuple[int, zmq.Socket]]:
         """The upstreams a request goes to: a sync request to all, a recovery request to the

@@ -306,16 +306,24 @@ def test_any_request_is_answered_or_forwarded_and_the_next_valid_one_still_works
 
 
 class ShardRig:
-    """A forwarder in front of two upstreams (shards "a" and "b", epochs 100 and 200)."""
+    """A forwarder in front of two upstreams (shards "a" and "b", epochs 100 and 200); the one
+    at index `down` is a tcp port nobody listens on."""
 
     EPOCHS = (100, 200)
 
-    def __init__(self, context: zmq.Context, kind: str) -> None:
+    def __init__(self, context: zmq.Context, kind: str, down: int | None = None) -> None:
         name = next(_names)
         self.front_endpoint = f"inproc://relay-front-{name}"
-        endpoints = [f"inproc://relay-shard-{name}-{index}" for index in range(2)]
+        endpoints = [
+            f"tcp://127.0.0.1:{free_tcp_port()}"
+            if index == down
+            else f"inproc://relay-shard-{name}-{index}"
+            for index in range(2)
+        ]
         self.upstreams = []
-        for endpoint in endpoints:
+        for index, endpoint in enumerate(endpoints):
+            if index == down:
+                continue
             upstream = context.socket(zmq.ROUTER if kind == KIND_RECOVERY else zmq.REP)
             upstream.bind(endpoint)
             self.upstreams.append(upstream)
@@ -379,6 +387,26 @@ def test_a_sync_request_goes_to_every_shard_and_their_snapshots_come_back_as_one
     # Each symbol from the shard that has it, with that shard's epoch.
     assert reply["snapshot"]["A1"]["seq"] == 7 and reply["snapshot"]["A1"]["epoch"] == 100
     assert reply["snapshot"]["B1"]["seq"] == 3 and reply["snapshot"]["B1"]["epoch"] == 200
+    client.close(linger=0)
+    rig.close()
+
+
+def test_with_one_shard_down_a_sync_gets_the_other_shards_snapshot(context: zmq.Context) -> None:
+    rig = ShardRig(context, KIND_SYNC, down=1)
+    client = context.socket(zmq.REQ)
+    client.connect(rig.front_endpoint)
+    client.send(b'{"op":"snapshot","client":"c1","marker":"m1"}')
+    rig.pump()
+    (upstream,) = rig.upstreams
+    assert upstream.poll(1000)
+    upstream.recv()
+    upstream.send(snapshot_of("a", 100, {"A1": 7}))
+    for _ in range(10):
+        rig.pump(50)
+        if client.poll(0):
+            break
+    reply = orjson.loads(client.recv())
+    assert reply["ok"] is True and reply["shard"] == "a" and reply["snapshot"]["A1"]["seq"] == 7
     client.close(linger=0)
     rig.close()
 
