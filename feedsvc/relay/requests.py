@@ -332,8 +332,12 @@ def merge_sync_replies(replies: list[bytes]) -> bytes:
     "epochs" names every shard's (a relay behind this one already merged some), and each entry
     carries its shard's epoch; a symbol that several shards list takes the entry with a tick
     (each symbol belongs to one shard; the others answer seq 0 for a symbol they never had).
+    A reply that is none of these is answered ``internal_error``, never passed on half-merged.
     """
-    decoded = [orjson.loads(reply) for reply in replies]
+    try:
+        decoded = [orjson.loads(reply) for reply in replies]
+    except orjson.JSONDecodeError:
+        return _merge_error("an upstream's sync reply is not JSON")
     for index, fields in enumerate(decoded):
         if not isinstance(fields, dict) or fields.get("ok") is not True:
             return replies[index]
@@ -342,33 +346,40 @@ def merge_sync_replies(replies: list[bytes]) -> bytes:
     epoch_by_shard: dict[str, int] = {}
     snapshot: dict[str, Any] = {}
     for fields in decoded:
-        epoch = fields["epoch"]
-        shards = fields.get("epochs") or {fields.get("shard", ""): epoch}
+        epoch, entries, shard = fields.get("epoch"), fields.get("snapshot"), fields.get("shard", "")
+        if type(epoch) is not int or not isinstance(entries, dict) or not isinstance(shard, str):
+            return _merge_error("an upstream's sync reply is not a snapshot")
+        shards = fields.get("epochs") or {shard: epoch}
+        if not isinstance(shards, dict):
+            return _merge_error("an upstream's sync reply names its shards wrongly")
         for shard, shard_epoch in shards.items():
+            if not isinstance(shard, str) or type(shard_epoch) is not int:
+                return _merge_error("an upstream's sync reply names its shards wrongly")
             if epoch_by_shard.setdefault(shard, shard_epoch) != shard_epoch:
-                return orjson.dumps(
-                    {
-                        "ok": False,
-                        "error": sync_protocol.ERROR_INTERNAL,
-                        "detail": f"two upstreams of this relay call themselves shard "
-                        f"{shard[:80]!r} (publisher.shard must differ)",
-                    }
+                return _merge_error(
+                    f"two upstreams of this relay call themselves shard {shard[:80]!r} "
+                    "(publisher.shard must differ)"
                 )
-        for symbol, entry in fields["snapshot"].items():
+        for symbol, entry in entries.items():
+            if not isinstance(entry, dict):
+                return _merge_error("an upstream's snapshot entry is not an object")
             entry.setdefault("epoch", epoch)
             held = snapshot.get(symbol)
             if held is None or (held.get("tick") is None and entry.get("tick") is not None):
                 snapshot[symbol] = entry
     first = decoded[0]
-    return orjson.dumps(
-        {
-            "ok": True,
-            "epoch": first["epoch"],
-            "epochs": epoch_by_shard,
-            "marker": first.get("marker"),
-            "snapshot": snapshot,
-        }
-    )
+    merged = {
+        "ok": True,
+        "epoch": first["epoch"],
+        "epochs": epoch_by_shard,
+        "marker": first.get("marker"),
+        "snapshot": snapshot,
+    }
+    return orjson.dumps(merged)
+
+
+def _merge_error(detail: str) -> bytes:
+    return orjson.dumps({"ok": False, "error": sync_protocol.ERROR_INTERNAL, "detail": detail})
 
 
 def _max_request_bytes(kind: str) -> int:

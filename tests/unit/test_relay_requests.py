@@ -454,3 +454,70 @@ def test_merged_sync_replies_pass_a_refusal_through_and_merge_ready_replies() ->
     )
     assert outer["epochs"] == {"a": 100, "b": 200, "c": 300}
     assert outer["snapshot"]["C1"]["epoch"] == 300
+
+
+_int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_json = st.recursive(
+    st.none() | st.booleans() | _int64 | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_reply_fields = st.fixed_dictionaries(
+    {"ok": st.just(True)},
+    optional={
+        "epoch": _int64 | _json,
+        "shard": st.text(max_size=4) | _json,
+        "epochs": _json,
+        "marker": _json,
+        "snapshot": st.dictionaries(st.text(max_size=6), _json, max_size=4) | _json,
+    },
+)
+
+
+@settings(max_examples=fuzz_examples(200), deadline=None)
+@given(st.lists(_reply_fields.map(orjson.dumps) | st.binary(max_size=40), min_size=2, max_size=3))
+def test_any_upstream_replies_merge_into_one_json_reply(replies: list[bytes]) -> None:
+    """Whatever the shards answer, the client gets one JSON object with "ok", and a merged
+    snapshot only when every part was one."""
+    merged = orjson.loads(merge_sync_replies(replies))
+    if isinstance(merged, dict) and merged.get("ok") is True and "snapshot" in merged:
+        assert isinstance(merged["epochs"], dict) and isinstance(merged["snapshot"], dict)
+        assert all("epoch" in entry for entry in merged["snapshot"].values())
+
+
+@settings(max_examples=fuzz_examples(150), deadline=None)
+@given(
+    body=st.builds(
+        orjson.dumps,
+        st.fixed_dictionaries(
+            {"op": st.just("recover"), "id": st.text(min_size=1, max_size=8)},
+            optional={"epoch": _json | st.sampled_from(ShardRig.EPOCHS), "symbol": _json},
+        ),
+    )
+    | st.binary(max_size=60),
+)
+def test_any_recovery_request_to_a_relay_of_shards_is_routed_or_answered(body: bytes) -> None:
+    """In front of several shards the epoch decides where a request goes: whatever it holds,
+    the request reaches exactly the shard of its epoch or the client gets an error, and the
+    forwarder goes on."""
+    context = zmq.Context()
+    rig = ShardRig(context, KIND_RECOVERY)
+    try:
+        client = dealer(context, rig.front_endpoint)
+        client.send(body)
+        rig.pump()
+        reached = [index for index, upstream in enumerate(rig.upstreams) if upstream.poll(0)]
+        assert len(reached) <= 1
+        if reached:
+            fields = orjson.loads(body)
+            assert fields["epoch"] == ShardRig.EPOCHS[reached[0]]
+        else:
+            assert client.poll(1000)
+            reply = orjson.loads(client.recv_multipart()[-1])
+            assert reply["ok"] is False and isinstance(reply["error"], str)
+        assert rig.forwarder.outcomes["internal_error"] == 0
+    finally:
+        rig.close()
+        context.destroy(linger=0)
