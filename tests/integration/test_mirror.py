@@ -24,6 +24,7 @@ from tests.conftest import (
     wait_for_first_message,
 )
 from tests.integration.kafka_reading import assert_contiguous_from_one, read_topic
+from tests.integration.test_replay import describe, run_replay, summary_of
 
 Serve = Callable[..., ServeProcess]
 
@@ -302,19 +303,9 @@ def test_two_shards_mirror_to_one_topic_and_replay_verifies_each_shards_epoch(
     for shard, process in processes.items():
         assert process.terminate() == 0
         published[shard] = process.summary()["published"]
-    replay = subprocess.run(
-        [
-            *(sys.executable, "-m", "feedsvc.cli", "replay"),
-            *("--bootstrap", kafka_broker.bootstrap, "--topic", topic),
-            *("--verify", "--out", "/dev/null"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert replay.returncode == 0, replay.stderr
-    summary = orjson.loads(replay.stderr.strip().splitlines()[-1])
+    replay = run_replay(kafka_broker.bootstrap, "--topic", topic, "--verify", "--out", "/dev/null")
+    assert replay.returncode == 0, describe(replay)
+    summary = summary_of(replay)
     assert (summary["ticks"], summary["gaps"], summary["duplicates"]) == (
         sum(published.values()),
         0,

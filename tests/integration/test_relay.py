@@ -150,6 +150,21 @@ def relay_http(hosts: Hosts, path: str) -> tuple[int, bytes]:
     return int(status), body
 
 
+def relay_client_command(hosts: Hosts, out: Path, symbols: Sequence[str] = ()) -> list[str]:
+    """relay_client.py in the subscribers' namespace, on the relay's three endpoints, for at
+    most 40 s, writing its status lines to `out`."""
+    command = [
+        sys.executable,
+        str(HERE / "relay_client.py"),
+        *("--endpoint", relay_endpoint(hosts)),
+        *("--sync", relay_endpoint(hosts, RELAY_SYNC_PORT)),
+        *("--recover", relay_endpoint(hosts, RELAY_RECOVERY_PORT)),
+        *("--duration", "40", "--out", str(out)),
+        *(part for symbol in symbols for part in ("--symbol", symbol)),
+    ]
+    return hosts.command("sub", command)
+
+
 def statuses(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -231,21 +246,7 @@ def test_a_client_behind_the_relay_rides_out_relay_and_upstream_restarts_and_a_c
     serve = processes.start("serve", serve_command(hosts))
     relay = processes.start("relay", relay_command(hosts))
     out = tmp_path / "client.jsonl"
-    client_command = [
-        sys.executable,
-        str(HERE / "relay_client.py"),
-        "--endpoint",
-        relay_endpoint(hosts),
-        "--sync",
-        relay_endpoint(hosts, RELAY_SYNC_PORT),
-        "--recover",
-        relay_endpoint(hosts, RELAY_RECOVERY_PORT),
-        "--duration",
-        "40",
-        "--out",
-        str(out),
-    ]
-    client = processes.start("client", hosts.command("sub", client_command))
+    client = processes.start("client", relay_client_command(hosts, out))
 
     def details() -> str:
         return (

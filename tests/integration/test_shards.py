@@ -10,7 +10,6 @@ restart for that shard's symbols only, never a gap or a restart on the other's.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,6 @@ from feedsvc.client import Restart, Subscriber
 from tests.conftest import ServeProcess, serve_settings, wait_for
 from tests.integration.netns import Hosts
 from tests.integration.test_relay import (
-    HERE,
     RELAY_METRICS_PORT,
     RELAY_RECOVERY_PORT,
     RELAY_SYNC_PORT,
@@ -32,6 +30,7 @@ from tests.integration.test_relay import (
     latest,
     processes,
     receiving_since,
+    relay_client_command,
     relay_endpoint,
     relay_http,
     settled_since,
@@ -89,22 +88,9 @@ def test_a_shards_restart_behind_the_relay_restarts_its_symbols_only(
     shards = {shard: processes.start(shard, shard_command(hosts, shard)) for shard in SHARDS}
     relay = processes.start("relay", relay_of_shards_command(hosts))
     out = tmp_path / "client.jsonl"
-    client_command = [
-        sys.executable,
-        str(HERE / "relay_client.py"),
-        "--endpoint",
-        relay_endpoint(hosts),
-        "--sync",
-        relay_endpoint(hosts, RELAY_SYNC_PORT),
-        "--recover",
-        relay_endpoint(hosts, RELAY_RECOVERY_PORT),
-        "--duration",
-        "40",
-        "--out",
-        str(out),
+    symbols = [
+        f"{prefix}{number}" for prefix, _port in SHARDS.values() for number in ("0001", "0007")
     ]
-    for prefix, _port in SHARDS.values():
-        client_command += ["--symbol", f"{prefix}0001", "--symbol", f"{prefix}0007"]
     # Both shards heard by the relay, and long enough (50 ticks per symbol) that every symbol
     # asked for has a last value.
     wait_for(
@@ -114,7 +100,7 @@ def test_a_shards_restart_behind_the_relay_restarts_its_symbols_only(
         lambda: processes.log("relay"),
     )
     time.sleep(0.5)
-    client = processes.start("client", hosts.command("sub", client_command))
+    client = processes.start("client", relay_client_command(hosts, out, symbols))
 
     def details() -> str:
         return (
