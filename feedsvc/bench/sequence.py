@@ -13,30 +13,32 @@ CONTROL_START: Final = CONTROL_PREFIX.encode()
 
 
 class SequenceGaps:
-    """Per-symbol seq jumps within one epoch: a jump from 41 to 45 is one gap of 3 missed."""
+    """Per-symbol seq jumps within the symbol's epoch: a jump from 41 to 45 is one gap of 3
+    missed. Each symbol follows its own publisher's epoch, so shards' interleaved epochs are no
+    restart; a symbol's new epoch restarts its seqs (a publisher restart, not a gap)."""
 
     def __init__(self) -> None:
-        self.first_seq: dict[str, int] = {}
-        self.last_seq: dict[str, int] = {}
-        self.epoch: int | None = None
+        # symbol -> [epoch, first seq, last seq] in its current epoch.
+        self._state: dict[str, list[int]] = {}
+        self._epochs: set[int] = set()
         self.gaps = 0
         self.missed = 0
         self.backwards = 0
-        self.epochs = 0
+
+    @property
+    def epochs(self) -> int:
+        """Distinct epochs seen (one per publisher run)."""
+        return len(self._epochs)
 
     def observe(self, symbol: str, epoch: int, seq: int) -> int:
         """One tick; returns how many ticks of `symbol` were missed just before it."""
-        if epoch != self.epoch:
-            # A new epoch restarts every seq: a publisher restart, not a gap.
-            self.epoch = epoch
-            self.epochs += 1
-            self.first_seq.clear()
-            self.last_seq.clear()
-        last = self.last_seq.get(symbol)
-        self.last_seq[symbol] = seq
-        if last is None:
-            self.first_seq[symbol] = seq
+        state = self._state.get(symbol)
+        if state is None or state[0] != epoch:
+            self._epochs.add(epoch)
+            self._state[symbol] = [epoch, seq, seq]
             return 0
+        last = state[2]
+        state[2] = seq
         if seq <= last:
             self.backwards += 1
             return 0
@@ -47,9 +49,18 @@ class SequenceGaps:
         return missed
 
     @property
+    def last_seq(self) -> dict[str, int]:
+        """The last seq seen of each symbol (in its current epoch)."""
+        return {symbol: last for symbol, (_epoch, _first, last) in self._state.items()}
+
+    @property
+    def symbols(self) -> int:
+        return len(self._state)
+
+    @property
     def published_in_span(self) -> int:
-        """Ticks published from each symbol's first seen seq to its last (this epoch)."""
-        return sum(self.last_seq[symbol] - first + 1 for symbol, first in self.first_seq.items())
+        """Ticks published from each symbol's first seen seq to its last (its current epoch)."""
+        return sum(last - first + 1 for _epoch, first, last in self._state.values())
 
     def summary(self) -> dict[str, int]:
         return {
@@ -57,7 +68,7 @@ class SequenceGaps:
             "missed": self.missed,
             "duplicates_or_backwards": self.backwards,
             "epochs": self.epochs,
-            "symbols": len(self.last_seq),
+            "symbols": len(self._state),
         }
 
 

@@ -101,6 +101,15 @@ def test_sequence_gaps_count_missed_ticks_but_not_restarts() -> None:
     }
 
 
+def test_sequence_gaps_follow_each_symbol_in_its_own_shards_epoch() -> None:
+    gaps = sequence.SequenceGaps()
+    # Two shards interleaved (epochs 1 and 2): no restart, no gap, until a real jump.
+    observed = [gaps.observe("A", 1, 10), gaps.observe("B", 2, 3), gaps.observe("A", 1, 11)]
+    assert [*observed, gaps.observe("B", 2, 4), gaps.observe("B", 2, 7)] == [0, 0, 0, 0, 2]
+    assert gaps.published_in_span == 2 + 5  # A 10-11, B 3-7
+    assert gaps.summary()["epochs"] == 2 and gaps.last_seq == {"A": 11, "B": 7}
+
+
 def test_count_gaps_reads_wire_frames_and_skips_control_frames() -> None:
     def frame(seq: int) -> bytes:
         return encode_frame("AB", {"sym": "AB", "seq": seq, "epoch": 7, "ts": 1})

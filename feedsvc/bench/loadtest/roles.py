@@ -87,10 +87,10 @@ class SubscriberLog:
             span_s = (self.last_ts - self.first_ts) / 1e9
         return {
             "published_in_span": published,
-            "symbols_seen": len(self.sequence.first_seq),
+            "symbols_seen": self.sequence.symbols,
             "span_s": span_s,
             "publish_rate": published / span_s if span_s else None,
-            "last_seq_by_symbol": dict(self.sequence.last_seq),
+            "last_seq_by_symbol": self.sequence.last_seq,
         }
 
     def sequence_result(self) -> dict[str, Any]:

@@ -145,7 +145,7 @@ class RelayProcess:
 
 
 @contextmanager
-def _relays(
+def start_relays(
     count: int, upstream: str, folder: Path, name: str, settings: Sequence[str]
 ) -> Iterator[list[RelayProcess]]:
     """`count` serving relays of `upstream`, each stopped on the way out."""
@@ -171,7 +171,7 @@ def _stop_role(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def _roles(commands: Sequence[list[str]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+def started_roles(commands: Sequence[list[str]]) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Role processes (stdin and stdout piped for the ready/go handshake), each stopped by its
     pid on the way out."""
     with ExitStack() as stack:
@@ -183,7 +183,7 @@ def _roles(commands: Sequence[list[str]]) -> Iterator[list[subprocess.Popen[byte
         yield processes
 
 
-def _wait_ready(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+def wait_ready(processes: Sequence[subprocess.Popen[bytes]]) -> None:
     """Until every role printed READY_LINE; ProcessError when one exits or the time runs out."""
     deadline = time.monotonic() + ROLE_READY_TIMEOUT_S
     for process in processes:
@@ -199,7 +199,7 @@ def _wait_ready(processes: Sequence[subprocess.Popen[bytes]]) -> None:
             )
 
 
-def _go(processes: Sequence[subprocess.Popen[bytes]], timing: Mapping[str, float]) -> None:
+def send_go(processes: Sequence[subprocess.Popen[bytes]], timing: Mapping[str, float]) -> None:
     """Hand every ready role the window's monotonic times."""
     line = json.dumps(timing).encode() + b"\n"
     for process in processes:
@@ -208,7 +208,7 @@ def _go(processes: Sequence[subprocess.Popen[bytes]], timing: Mapping[str, float
         process.stdin.flush()
 
 
-def _subscriber_commands(
+def subscriber_commands(
     endpoints: Sequence[str],
     counts: Sequence[int],
     folder: Path,
@@ -225,7 +225,7 @@ def _subscriber_commands(
     return commands, outs
 
 
-def _results(
+def read_results(
     processes: Sequence[subprocess.Popen[bytes]], outs: Sequence[Path], end_at: float
 ) -> list[dict[str, Any]]:
     """Wait for the role processes (bounded) and read what each wrote."""
@@ -250,7 +250,7 @@ def _delta(after: Sequence[float | None], before: Sequence[float | None]) -> flo
     return sum(a - b for a, b in pairs)  # type: ignore[operator]
 
 
-def _sleep_until(moment: float) -> None:
+def sleep_until(moment: float) -> None:
     time.sleep(max(0.0, moment - time.monotonic()))
 
 
@@ -273,25 +273,27 @@ def latency_run(options: argparse.Namespace, folder: Path, index: int, mode: str
     try:
         serve.wait_until_serving()
         relay_count = options.relays if mode == RELAY else 0
-        with _relays(relay_count, pub, folder, f"{name}-relay", options.relay_settings) as relays:
+        with start_relays(
+            relay_count, pub, folder, f"{name}-relay", options.relay_settings
+        ) as relays:
             upstreams = [relay.endpoint for relay in relays] or [pub]
             endpoints = endpoints_for_sockets(options.subscribers, upstreams)
             counts = sockets_per_process(options.subscribers, options.sockets_per_process)
-            commands, outs = _subscriber_commands(endpoints, counts, folder, name)
-            with _roles(commands) as subscribers:
-                _wait_ready(subscribers)
+            commands, outs = subscriber_commands(endpoints, counts, folder, name)
+            with started_roles(commands) as subscribers:
+                wait_ready(subscribers)
                 start_at = time.monotonic() + options.warmup
                 end_at = start_at + options.duration
-                _go(subscribers, {"start_at": start_at, "end_at": end_at})
+                send_go(subscribers, {"start_at": start_at, "end_at": end_at})
                 pids = [serve.pid, *(relay.pid for relay in relays)]
                 sub_pids = [process.pid for process in subscribers]
-                _sleep_until(start_at)
+                sleep_until(start_at)
                 cpu_before, sub_before = _cpu(pids), _cpu(sub_pids)
                 machine_before = machine_cpu_seconds()
-                _sleep_until(end_at)
+                sleep_until(end_at)
                 cpu_after, sub_after = _cpu(pids), _cpu(sub_pids)
                 machine_after = machine_cpu_seconds()
-                results = _results(subscribers, outs, end_at)
+                results = read_results(subscribers, outs, end_at)
     finally:
         stop_process(serve.popen)
         serve.close()
@@ -315,25 +317,25 @@ def capacity_step(
     name = f"capacity-{mode}-{rate:.0f}"
     bind = f"tcp://127.0.0.1:{free_tcp_port()}"
     relay_count = 1 if mode == RELAY else 0
-    with _relays(relay_count, bind, folder, f"{name}-relay", options.relay_settings) as relays:
+    with start_relays(relay_count, bind, folder, f"{name}-relay", options.relay_settings) as relays:
         upstreams = [relay.endpoint for relay in relays] or [bind]
         endpoints = endpoints_for_sockets(options.capacity_subscribers, upstreams)
         source_out = folder / f"{name}-source.json"
         source = _role_command("source", bind=bind, rate=rate, out=source_out)
         counts = [1] * options.capacity_subscribers
-        commands, outs = _subscriber_commands(endpoints, counts, folder, name)
-        with _roles([source, *commands]) as processes:
-            _wait_ready(processes)
+        commands, outs = subscriber_commands(endpoints, counts, folder, name)
+        with started_roles([source, *commands]) as processes:
+            wait_ready(processes)
             send_at = time.monotonic() + SOURCE_LEAD_S
             start_at = send_at + SETTLE_S
             end_at = start_at + options.step_duration
-            _go(processes, {"send_at": send_at, "start_at": start_at, "end_at": end_at})
+            send_go(processes, {"send_at": send_at, "start_at": start_at, "end_at": end_at})
             pids = [relay.pid for relay in relays]
-            _sleep_until(start_at)
+            sleep_until(start_at)
             cpu_before = _cpu(pids)
-            _sleep_until(end_at)
+            sleep_until(end_at)
             cpu_after = _cpu(pids)
-            results = _results(processes, [source_out, *outs], end_at)
+            results = read_results(processes, [source_out, *outs], end_at)
     source_result, subscriber_results = results[0], results[1:]
     step = {"mode": mode, "rate": rate}
     step |= combine_subscribers(subscriber_results, options.step_duration, start_at)
