@@ -274,7 +274,12 @@ class _SyncRunner:
         if self._resyncing:
             self._finish_resync(snapshot)
             return
-        self._snapshot, self._snapshot_epoch = snapshot.entries, snapshot.epoch
+        # The public snapshot keeps its documented shape, {"seq", "tick"} per symbol.
+        self._snapshot = {
+            symbol: {"seq": entry["seq"], "tick": entry["tick"]}
+            for symbol, entry in snapshot.entries.items()
+        }
+        self._snapshot_epoch = snapshot.epoch
         self._snapshot_epochs = frozenset(snapshot.epoch_by_shard.values())
         self._snapshot_seq_by_symbol = {
             symbol: entry["seq"] for symbol, entry in snapshot.entries.items()
