@@ -149,6 +149,8 @@ def test_a_shards_restart_behind_the_relay_restarts_its_symbols_only(
     )
     wait_for(lambda: latest(out)["stats"]["syncs"] >= 2, 20, "a resync", details)
     wait_for(settled_since(out, east_back_at), 20, "settled after east's restart", details)
+    # A tick of east's new epoch can reach the client before its first new heartbeat does.
+    wait_for(lambda: latest(out)["silent_shards"] == [], 10, "east's heartbeats again", details)
 
     client.send_signal(signal.SIGTERM)
     client.wait(timeout=10)
@@ -161,7 +163,7 @@ def test_a_shards_restart_behind_the_relay_restarts_its_symbols_only(
     # symbols never missed a tick, before or after it.
     assert stats["restarts"] == 1, details()
     assert stats["missed"] == 0, details()
-    assert final["epoch_by_shard"]["west"] == epochs["west"] and final["silent_shards"] == []
+    assert final["epoch_by_shard"]["west"] == epochs["west"]
     delivered = final["delivered_by_epoch"]
     assert len(delivered) == 3 and all(count > 0 for count in delivered.values()), details()
 
