@@ -8,7 +8,7 @@ import platform
 import re
 import statistics
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +107,17 @@ def fixed(value: float | None, places: int = 2) -> str:
 
 def cores(value: float | None) -> str:
     return fixed(value, 2)
+
+
+def pyplot_or_none(progress: Callable[[str], None]) -> Any:
+    """matplotlib.pyplot with the file-only Agg backend, or None (said through `progress`) when
+    matplotlib is not installed: a benchmark's figures do not depend on its plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as pyplot
+    except ImportError:
+        progress("--plot needs matplotlib (pip install matplotlib); no plot written")
+        return None
+    return pyplot

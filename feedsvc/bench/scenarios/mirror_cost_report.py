@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from feedsvc.bench.report import cores, fixed, fraction, rate
+from feedsvc.bench.report import cores, fixed, fraction, pyplot_or_none, rate
 from feedsvc.bench.scenarios.mirror_cost import HOT_PATH_TARGET, VISIBILITY_TARGET_S
 
 # Microseconds and bytes per tick with 2 decimals; seconds and ratios with 3.
@@ -168,13 +168,8 @@ def plot_visibility(
     lag_runs: Sequence[Mapping[str, Any]], path: Path, progress: Callable[[str], None]
 ) -> None:
     """p50/p99/max visibility lag per second of each lag run's window (matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        progress(f"matplotlib is not installed: no plot ({path}); pip install matplotlib")
+    plt = pyplot_or_none(progress)
+    if plt is None:
         return
     figure, axes = plt.subplots(figsize=(10, 5))
     colors = {"lag-on": "tab:blue", "lag-no-txn": "tab:orange"}

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from feedsvc.bench.report import cores, fraction, rate
+from feedsvc.bench.report import cores, fraction, pyplot_or_none, rate
 from feedsvc.bench.scenarios.mirror_analysis import (
     KEEPS_UP_FLUSH_S,
     LAG_TARGET_S,
@@ -288,13 +288,8 @@ def plot_series(
 
 def plot_outage(outage: Mapping[str, Any], path: Path, progress: Callable[[str], None]) -> None:
     """Throughput over time in the outage run: published/s (subscriber) and acked/s."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        progress(f"matplotlib is not installed: no plot ({path}); pip install matplotlib")
+    plt = pyplot_or_none(progress)
+    if plt is None:
         return
     figure, (rates_axes, backlog_axes) = plt.subplots(
         2, 1, figsize=(10, 7), sharex=True, height_ratios=(3, 2)

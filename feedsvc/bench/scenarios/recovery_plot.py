@@ -8,16 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from feedsvc.bench.report import pyplot_or_none
+
 
 def plot(document: dict[str, Any], path: Path, progress: Callable[[str], None]) -> None:
     """Write the PNG to `path`; without matplotlib say so through `progress` and write none."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as pyplot
-    except ImportError:
-        progress("--plot needs matplotlib (pip install matplotlib); no plot written")
+    pyplot = pyplot_or_none(progress)
+    if pyplot is None:
         return
     runs = document["runs"]
     figure, (fast_axis, reply_axis) = pyplot.subplots(1, 2, figsize=(13, 4.5))

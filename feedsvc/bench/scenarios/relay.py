@@ -438,6 +438,17 @@ def run_benchmark(options: argparse.Namespace) -> int:
     return 0
 
 
+def add_setting_arguments(parser: argparse.ArgumentParser, serves: str) -> None:
+    """--set (for `serves`) and --relay-set (for every relay): settings passed through."""
+    for flag, dest, what in (
+        ("--set", "settings", f"a `feedsvc serve` setting for {serves}"),
+        ("--relay-set", "relay_settings", "a `feedsvc relay` setting (e.g. relay.io_threads=2)"),
+    ):
+        parser.add_argument(
+            flag, dest=dest, action="append", default=[], metavar="KEY=VALUE", help=what
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=5_000.0, help="serve's ticks/s (latency)")
@@ -462,22 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-rate", type=float, default=320_000.0)
     parser.add_argument("--step-duration", type=float, default=3.0)
     parser.add_argument("--capacity-subscribers", type=int, default=8)
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a `feedsvc serve` setting for every latency run",
-    )
-    parser.add_argument(
-        "--relay-set",
-        dest="relay_settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a `feedsvc relay` setting for every relay (e.g. relay.io_threads=2)",
-    )
+    add_setting_arguments(parser, "every latency run")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     return parser

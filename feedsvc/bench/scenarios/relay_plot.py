@@ -8,18 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from feedsvc.bench.report import pyplot_or_none
 from feedsvc.bench.scenarios.relay_analysis import DELIVERED_FRACTION, MODES
 
 
 def plot(document: dict[str, Any], path: Path, progress: Callable[[str], None]) -> None:
     """Write the PNG to `path`; without matplotlib say so through `progress` and write none."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as pyplot
-    except ImportError:
-        progress("--plot needs matplotlib (pip install matplotlib); no plot written")
+    pyplot = pyplot_or_none(progress)
+    if pyplot is None:
         return
     capacity = document.get("capacity")
     panels = [name for name in ("modes", "capacity") if document.get(name)]

@@ -37,6 +37,7 @@ from feedsvc.bench.procs import (
 )
 from feedsvc.bench.report import Progress, machine_facts, machine_lines, write_json
 from feedsvc.bench.scenarios.relay import (
+    add_setting_arguments,
     read_results,
     send_go,
     sleep_until,
@@ -301,22 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="cores the arithmetic leaves for subscribers and the OS",
     )
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a `feedsvc serve` setting for every shard",
-    )
-    parser.add_argument(
-        "--relay-set",
-        dest="relay_settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a `feedsvc relay` setting (e.g. relay.io_threads=2)",
-    )
+    add_setting_arguments(parser, "every shard")
     parser.add_argument("--json", type=_optional_path, default=DEFAULT_JSON, help="'' = none")
     parser.add_argument("--plot", type=_optional_path, default=DEFAULT_PLOT, help="'' = none")
     return parser

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from feedsvc.bench.report import pyplot_or_none
 from feedsvc.bench.scenarios.shards_analysis import MODES
 
 BAR_WIDTH = 0.27
@@ -17,13 +18,8 @@ OTHER_COLORS = {"relay": "#ff7f0e", "subscriber": "#2ca02c", "other": "#bdbdbd"}
 
 def plot(document: dict[str, Any], path: Path, progress: Callable[[str], None]) -> None:
     """Write the PNG to `path`; without matplotlib say so through `progress` and write none."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as pyplot
-    except ImportError:
-        progress("--plot needs matplotlib (pip install matplotlib); no plot written")
+    pyplot = pyplot_or_none(progress)
+    if pyplot is None:
         return
     figure, (rate_axis, cpu_axis) = pyplot.subplots(1, 2, figsize=(13, 5))
     _rate_panel(rate_axis, document)

@@ -7,18 +7,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from feedsvc.bench.report import pyplot_or_none
 from feedsvc.bench.scenarios.slow_report import TARGET_AGE_P99_MS
 
 
 def plot(phases: Sequence[dict[str, Any]], path: Path, progress: Callable[[str], None]) -> None:
     """Write the PNG to `path`; without matplotlib say so through `progress` and write none."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as pyplot
-    except ImportError:
-        progress("--plot needs matplotlib (pip install matplotlib); no plot written")
+    pyplot = pyplot_or_none(progress)
+    if pyplot is None:
         return
     transports = list(dict.fromkeys(phase["transport"] for phase in phases))
     figure, axes = pyplot.subplots(
