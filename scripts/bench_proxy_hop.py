@@ -16,18 +16,18 @@ import argparse
 import json
 import multiprocessing
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from feedsvc.bench.procs import free_tcp_port, kill_process
+from feedsvc.bench.procs import free_tcp_port
+from feedsvc.bench.scenarios.relay import RelayProcess
 
 MODES = ("direct", "proxy", "relay")
-RELAY_START_S = 15.0
 
 SETTLE_S = 0.5
 PADDING = b"x" * 70
@@ -59,32 +59,12 @@ def _publish(endpoint: str, rate: float, duration_s: float) -> None:
     context.term()
 
 
-def _start_relay(source: str, hop: str) -> subprocess.Popen[bytes]:
-    settings = [
-        f"relay.upstreams=[{{publisher: '{source}'}}]",
-        f"relay.endpoints=[{hop}]",
-        "relay.sync_endpoint=",
-        "relay.recovery_endpoint=",
-        "relay.metrics_port=0",
-    ]
-    command = [sys.executable, "-m", "feedsvc.cli", "relay"]
-    command += [part for setting in settings for part in ("--set", setting)]
-    relay = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert relay.stderr is not None
-    deadline = time.monotonic() + RELAY_START_S
-    while time.monotonic() < deadline:  # bounded: until its "serving" line or the deadline
-        line = relay.stderr.readline()
-        if b"serving" in line:
-            return relay
-        if not line and relay.poll() is not None:
-            break
-    kill_process(relay)
-    raise RuntimeError("feedsvc relay did not start")
-
-
 def run(mode: str, rate: float, duration_s: float) -> dict[str, float]:
     source, hop = f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
-    relay = _start_relay(source, hop) if mode == "relay" else None
+    relay = None
+    if mode == "relay":
+        relay = RelayProcess(source, hop, Path(tempfile.mkdtemp()) / "relay.log", [])
+        relay.wait_until_serving()
     publisher = multiprocessing.Process(target=_publish, args=(source, rate, duration_s))
     proxy = multiprocessing.Process(target=_proxy, args=(source, hop), daemon=True)
     publisher.start()
@@ -108,7 +88,7 @@ def run(mode: str, rate: float, duration_s: float) -> dict[str, float]:
         if proxy.is_alive():
             proxy.kill()  # by its own pid
         if relay is not None:
-            kill_process(relay)
+            relay.close()  # by its own pid
         sub.close(linger=0)
         context.term()
     # The first half second settles the connections; measure the rest.

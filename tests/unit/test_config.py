@@ -82,6 +82,10 @@ def test_override_wins_over_file(tmp_path: Path) -> None:
         ("synthetic.burst_rate=-1", "synthetic.burst_rate", ">= 0"),
         ("synthetic.burst_every_s=0", "synthetic.burst_every_s", ">= 0.01"),
         ("synthetic.burst_duration_s=soon", "synthetic.burst_duration_s", "number"),
+        ("publisher.shard=east west", "publisher.shard", "[0-9A-Za-z_.-]"),
+        ("publisher.shard=" + "x" * 65, "publisher.shard", "0 to 64"),
+        ("synthetic.prefix=_SYS", "synthetic.prefix", "a symbol may start with"),
+        ("synthetic.prefix=", "synthetic.prefix", "1 to 16"),
     ],
 )
 def test_wrong_value_names_the_key(override: str, key: str, words: str) -> None:
